@@ -1,0 +1,7 @@
+"""``python -m mailsuite`` is the admin command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,191 @@
+"""Builds the one twisted service that runs every listener of mailsuite (used by the twistd plugin).
+
+Ports are bound in ``privilegedStartService`` — before twistd drops to ``--uid/--gid`` — so a root start can
+use 25/110/143/465/587/993/995. A port that can't be bound ends the start with one clear line naming the port
+and the fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from . import __version__
+from .accounts import Accounts
+from .config import IMPLICIT_TLS, SERVICES, Settings
+from .context import ServerContext
+from .tls import TLSManager
+
+log = Logger()
+
+#: which adapter module serves each listener name (each has ``build_factory(ctx, service)``)
+ADAPTERS = {
+    "smtp": "mailsuite.smtp.adapter", "submission": "mailsuite.smtp.adapter",
+    "submissions": "mailsuite.smtp.adapter",
+    "pop3": "mailsuite.pop3.adapter", "pop3s": "mailsuite.pop3.adapter",
+    "imap": "mailsuite.imap.adapter", "imaps": "mailsuite.imap.adapter",
+}
+
+
+class StartupError(Exception):
+    """Start-up can't go on; the message is the one line shown to the user."""
+
+
+def build_context(settings: Settings, reactor: Any) -> ServerContext:
+    """Create the shared objects: accounts, store, TLS (self-signed certificate on first start)."""
+    from .store import Store
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys([settings.hostname, *settings.domains,
+                                *(f"mail.{d}" for d in settings.domains), "localhost"]))
+    tls = TLSManager(settings.tls.cert, settings.tls.key, data_dir=settings.data_dir, names=names)
+    accounts = Accounts.from_settings(settings, reactor=reactor)
+    store = Store(settings.mail_dir)
+    return ServerContext(settings=settings, accounts=accounts, store=store, tls=tls, reactor=reactor)
+
+
+def _bind_hint(service_name: str, endpoint: str, exc: BaseException) -> str:
+    port = endpoint.split(":")[1] if ":" in endpoint else endpoint
+    err = getattr(getattr(exc, "socketError", None), "errno", None) or getattr(exc, "errno", None)
+    text = str(getattr(exc, "socketError", "") or exc)
+    if err == errno.EACCES or "Permission denied" in text:
+        fix = ("ports below 1024 need root: start as root (add --uid/--gid to drop privileges) "
+               f"or set [listen] {service_name} = [\"tcp:<port above 1024>\"] in the config")
+    elif err == errno.EADDRINUSE or "in use" in text:
+        fix = ("another program already listens there (is another mail server running? see `ss -ltnp`); "
+               f"stop it or set [listen] {service_name} to another port in the config")
+    else:
+        fix = f"check [listen] {service_name} in the config"
+    return f"mailsuite: cannot listen on port {port} for {service_name} ({endpoint}): {text.strip()} - {fix}"
+
+
+class MailService(service.MultiService):
+    """Every listener of one mailsuite process, plus the relay queue runner."""
+
+    def __init__(self, settings: Settings, reactor: Any = None, *, run_as: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.settings, self.reactor, self.run_as = settings, reactor, run_as
+        self.ctx: ServerContext | None = None
+        self.ports: list[tuple[str, str, Any]] = []
+
+    def privilegedStartService(self) -> None:
+        try:
+            self.ctx = build_context(self.settings, self.reactor)
+            self._start_relay()
+            self._bind_all()
+            self._own_data_dir()
+        except StartupError as exc:
+            print(str(exc), file=sys.stderr, flush=True)
+            os._exit(1)  # twistd would print a traceback for anything else; the line above is the message
+        super().privilegedStartService()
+
+    def _start_relay(self) -> None:
+        assert self.ctx is not None
+        try:
+            relay = importlib.import_module("mailsuite.relay.service")
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("mailsuite.relay", "mailsuite.relay.service"):
+                raise
+            return
+        relay.attach(self.ctx, self)
+
+    def _factory(self, name: str) -> Any | None:
+        module_name = ADAPTERS[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                log.warn("{service}: not available in this build ({module} missing)", service=name,
+                         module=module_name)
+                return None
+            raise
+        factory = module.build_factory(self.ctx, name)
+        if name in IMPLICIT_TLS:
+            # RFC 8314 §3.3: implicit TLS on 465/993/995 — TLS starts before any protocol byte.
+            assert self.ctx is not None
+            factory = TLSMemoryBIOFactory(self.ctx.tls.server_options(), False, factory)
+        return factory
+
+    def _bind_all(self) -> None:
+        for name in SERVICES:
+            endpoint_strings = getattr(self.settings.listen, name)
+            if not endpoint_strings:
+                continue
+            factory = self._factory(name)
+            if factory is None:
+                continue
+            for description in endpoint_strings:
+                try:
+                    endpoint = endpoints.serverFromString(self.reactor, description)
+                except Exception as exc:  # bad systemd index, bad option: name the key
+                    raise StartupError(f"mailsuite: [listen] {name}: cannot use endpoint {description!r}: {exc}")
+                result: list[Any] = []
+                endpoint.listen(factory).addBoth(result.append)
+                if not result:
+                    raise StartupError(f"mailsuite: [listen] {name}: endpoint {description!r} did not bind at once")
+                if isinstance(result[0], Failure):
+                    raise StartupError(_bind_hint(name, description, result[0].value))
+                self.ports.append((name, description, result[0]))
+
+    def _own_data_dir(self) -> None:
+        """As root with --uid/--gid: hand the data directory to that user before privileges are dropped."""
+        if self.run_as is None or os.geteuid() != 0:
+            return
+        uid, gid = self.run_as
+        top = self.settings.data_dir
+        if top.stat().st_uid == uid and all(p.stat().st_uid == uid for p in top.iterdir()):
+            return
+        for root, dirs, files in os.walk(top):
+            for entry in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                os.lchown(entry, uid, gid)
+
+    def startService(self) -> None:
+        super().startService()
+        assert self.ctx is not None
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.ctx.tls.reload))
+        self._banner()
+
+    def _banner(self) -> None:
+        assert self.ctx is not None
+        s = self.settings
+        log.info("mailsuite {version} started (config: {source})", version=__version__, source=s.source)
+        for name, description, port in self.ports:
+            host = port.getHost()
+            where = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}" if hasattr(host, "port") else str(host)
+            log.info("listening: {service:<11} {where} ({description})", service=name, where=where,
+                     description=description)
+        log.info("data directory: {path}; domains: {domains}", path=str(s.data_dir), domains=", ".join(s.domains))
+        if self.ctx.tls.self_signed:
+            log.info("TLS: self-signed certificate {path} (set [tls] cert/key for a real one)",
+                     path=str(self.ctx.tls.cert_path))
+        if not self.ctx.accounts.users():
+            config = f" --config {s.source}" if not s.source.startswith("<") else ""
+            log.info("no users yet; add the first one with: mailsuite{config} user add you@{domain}",
+                     config=config, domain=s.domains[0])
+
+    def stopService(self) -> defer.Deferred:
+        stopping = [defer.maybeDeferred(port.stopListening) for _n, _d, port in self.ports]
+        self.ports = []
+        return defer.gatherResults(stopping + [defer.maybeDeferred(super().stopService)])
+
+
+def config_path(explicit: str | None) -> str | None:
+    """The config file to use: the explicit one, else /etc/mailsuite/mailsuite.toml if it exists."""
+    if explicit:
+        return explicit
+    default = Path(os.environ.get("MAILSUITE_CONFIG", "/etc/mailsuite/mailsuite.toml"))
+    return str(default) if default.is_file() else None
