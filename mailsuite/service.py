@@ -69,6 +69,16 @@ def _bind_hint(service_name: str, endpoint: str, exc: BaseException) -> str:
     return f"mailsuite: cannot listen on port {port} for {service_name} ({endpoint}): {text.strip()} - {fix}"
 
 
+def preload() -> None:
+    """Import every mailsuite module now, while still root: after ``--uid`` the Python installation may not be
+    readable (e.g. under /root), and a lazy import mid-session would fail there."""
+    import pkgutil
+    import mailsuite
+    for info in pkgutil.walk_packages(mailsuite.__path__, "mailsuite."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+
+
 class MailService(service.MultiService):
     """Every listener of one mailsuite process, plus the relay queue runner."""
 
@@ -83,6 +93,7 @@ class MailService(service.MultiService):
 
     def privilegedStartService(self) -> None:
         try:
+            preload()
             self.ctx = build_context(self.settings, self.reactor)
             self._start_relay()
             self._bind_all()

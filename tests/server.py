@@ -23,6 +23,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
 HOST = "127.0.0.1"
+#: the twistd command (``python -m twisted`` is the newer ``twist`` runner, not twistd)
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def free_port(host: str = HOST) -> int:
@@ -47,6 +49,7 @@ class MailServer:
     def __init__(self, tmp_path: Path, *, extra_config: str = "", services: tuple[str, ...] = SERVICES,
                  allow_plaintext_loopback: bool = False) -> None:
         self.dir = Path(tmp_path)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
         self.config = self.dir / "mailsuite.toml"
         self.ports = {name: free_port() for name in services}
@@ -74,7 +77,7 @@ max_failures = 3
     def start(self, timeout: float = 30.0) -> "MailServer":
         log = open(self.logfile, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", "--logfile=-", "mailsuite",
+            [*TWISTD, "--nodaemon", "--pidfile=", "--logfile=-", "mailsuite",
              "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=str(self.dir))
         log.close()
         deadline = time.monotonic() + timeout

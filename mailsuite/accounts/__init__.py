@@ -17,6 +17,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .cred import IMailAccount, make_portal
 from .files import (ADDRESS_RE, AccountsFileError, UserEntry, locked, normalise_address, parse_aliases,
                     parse_users, write_lines)
 from .passwords import PasswordFormatError, hash_password, verify_password
@@ -206,7 +207,6 @@ class Accounts:
     @property
     def portal(self) -> Any:
         if self._portal is None:
-            from .cred import make_portal
             self._portal = make_portal(self)
         return self._portal
 
@@ -216,7 +216,6 @@ class Accounts:
         Fires with the canonical user, or with None after ``failure_delay`` seconds when the check fails
         (and logs the fail2ban line).
         """
-        from .cred import IMailAccount
         d = self.portal.login(UsernamePassword(login.encode("utf-8"), password.encode("utf-8")), None,
                               IMailAccount)
 
