@@ -1,0 +1,286 @@
+"""The per-user SQLite index (``<user_dir>/mailsuite-index.sqlite``).
+
+One database per user, WAL mode, written only by the server process (DESIGN §3).  It caches what the
+Maildir does not say cheaply: UIDs, UIDVALIDITY/UIDNEXT/HIGHESTMODSEQ, keywords beyond the 26 letters,
+modseqs, the header block of each message, and the directory mtimes seen at the last scan.  The Maildir
+stays the source of truth: a lost, corrupt or unknown-version database is moved aside and rebuilt (new
+UIDVALIDITY for every folder, RFC 3501 §2.3.1.1).
+
+UIDVALIDITY values come from a per-user counter file (``mailsuite-uidvalidity``) that survives the loss
+of the database, so a rebuilt folder never reuses a UIDVALIDITY that clients may have cached.
+
+Not thread-safe by itself: :class:`~mailsuite.store.Store` serialises all calls with a per-user lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from .dovecot import write_file_atomic
+
+__all__ = ["UserIndex", "FolderRow", "INDEX_FILE", "UIDVALIDITY_FILE", "SCHEMA_VERSION"]
+
+log = Logger()
+
+INDEX_FILE = "mailsuite-index.sqlite"
+UIDVALIDITY_FILE = "mailsuite-uidvalidity"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE folders (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    uidvalidity INTEGER NOT NULL,
+    uidnext INTEGER NOT NULL,
+    highestmodseq INTEGER NOT NULL,
+    keywords TEXT NOT NULL DEFAULT '[]',
+    new_mtime INTEGER NOT NULL DEFAULT 0,
+    new_scanned INTEGER NOT NULL DEFAULT 0,
+    cur_mtime INTEGER NOT NULL DEFAULT 0,
+    cur_scanned INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE messages (
+    folder INTEGER NOT NULL REFERENCES folders(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    subdir TEXT NOT NULL,
+    suffix TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    keywords TEXT NOT NULL,
+    modseq INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    internaldate REAL NOT NULL,
+    recent INTEGER NOT NULL,
+    header BLOB,
+    PRIMARY KEY (folder, uid)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX messages_name ON messages(folder, name);
+CREATE INDEX messages_modseq ON messages(folder, modseq);
+"""
+
+#: Column order of message rows exchanged with :class:`~mailsuite.store.mailbox.Mailbox`.
+MESSAGE_COLUMNS = "uid, name, subdir, suffix, flags, keywords, modseq, size, internaldate, recent"
+
+
+@dataclass
+class FolderRow:
+    id: int
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    keywords: list[str | None]
+    new_mtime: int
+    new_scanned: int
+    cur_mtime: int
+    cur_scanned: int
+
+
+class UserIndex:
+    """The SQLite index of one user.  Opening never fails on a bad database: it is rebuilt."""
+
+    def __init__(self, user_dir: Path) -> None:
+        self.user_dir = user_dir
+        self.path = user_dir / INDEX_FILE
+        self._uidvalidity_path = user_dir / UIDVALIDITY_FILE
+        #: True when this open created a fresh database (first use, or after loss/corruption).
+        self.fresh = False
+        self.db = self._open()
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a UID handed to a client must survive a power cut together with its file.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        existed = self.path.exists()
+        db = None
+        try:
+            db = self._connect()
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and not db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+                db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+                self.fresh = True
+                return db
+            if version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"unknown index schema version {version}")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            db.execute("SELECT count(*) FROM folders").fetchone()
+            return db
+        except sqlite3.DatabaseError as e:
+            if db is not None:
+                db.close()
+            log.warn("mailsuite store: index {path} unusable ({err}); rebuilding", path=str(self.path), err=str(e))
+            self._move_aside(existed)
+            db = self._connect()
+            db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+            self.fresh = True
+            return db
+
+    def _move_aside(self, existed: bool) -> None:
+        if existed and self.path.exists():
+            os.replace(self.path, self.path.with_name(INDEX_FILE + ".corrupt"))
+        for ext in ("-wal", "-shm", "-journal"):
+            try:
+                os.unlink(str(self.path) + ext)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error).  Nested use joins the outer transaction."""
+        if self.db.in_transaction:
+            yield self.db
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def next_uidvalidity(self) -> int:
+        """A UIDVALIDITY never handed out before for this user (time based, strictly increasing)."""
+        last = 0
+        try:
+            last = int(self._uidvalidity_path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            pass
+        value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
+        write_file_atomic(self._uidvalidity_path, f"{value}\n")
+        return value
+
+    def note_uidvalidity(self, value: int) -> None:
+        """Record an imported UIDVALIDITY so later ones are greater."""
+        try:
+            last = int(self._uidvalidity_path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            last = 0
+        if value > last:
+            write_file_atomic(self._uidvalidity_path, f"{value}\n")
+
+    # -- folders ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _folder(row: tuple) -> FolderRow:
+        (fid, name, uidvalidity, uidnext, hms, kw, nm, ns, cm, cs) = row
+        return FolderRow(fid, name, uidvalidity, uidnext, hms, json.loads(kw), nm, ns, cm, cs)
+
+    def get_folder(self, name: str) -> FolderRow | None:
+        row = self.db.execute(
+            "SELECT id, name, uidvalidity, uidnext, highestmodseq, keywords, new_mtime, new_scanned,"
+            " cur_mtime, cur_scanned FROM folders WHERE name = ?",
+            (name,),
+        ).fetchone()
+        return self._folder(row) if row else None
+
+    def create_folder(self, name: str, uidvalidity: int, uidnext: int, keywords: list[str | None]) -> FolderRow:
+        with self.transaction() as db:
+            db.execute("DELETE FROM folders WHERE name = ?", (name,))
+            cur = db.execute(
+                "INSERT INTO folders (name, uidvalidity, uidnext, highestmodseq, keywords) VALUES (?, ?, ?, 1, ?)",
+                (name, uidvalidity, uidnext, json.dumps(keywords)),
+            )
+            fid = cur.lastrowid
+        folder = self.get_folder(name)
+        assert folder is not None and folder.id == fid
+        return folder
+
+    def update_folder(self, fid: int, **fields: object) -> None:
+        if "keywords" in fields:
+            fields["keywords"] = json.dumps(fields["keywords"])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE folders SET {cols} WHERE id = ?", (*fields.values(), fid))
+
+    def delete_folder(self, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM folders WHERE name = ?", (name,))
+
+    def rename_folder(self, old: str, new: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM folders WHERE name = ?", (new,))
+            db.execute("UPDATE folders SET name = ? WHERE name = ?", (new, old))
+
+    def folder_names(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT name FROM folders")]
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def load_messages(self, fid: int) -> Iterable[tuple]:
+        return self.db.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE folder = ? ORDER BY uid", (fid,)
+        )
+
+    def insert_messages(self, fid: int, rows: Iterable[tuple]) -> None:
+        """Rows: (uid, name, subdir, suffix, flags, keywords, modseq, size, internaldate, recent, header)."""
+        self.db.executemany(
+            "INSERT INTO messages (folder, uid, name, subdir, suffix, flags, keywords, modseq, size,"
+            " internaldate, recent, header) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ((fid, *r) for r in rows),
+        )
+
+    def update_locations(self, fid: int, rows: Iterable[tuple]) -> None:
+        """Rows: (subdir, suffix, flags, keywords, modseq, uid)."""
+        self.db.executemany(
+            "UPDATE messages SET subdir = ?, suffix = ?, flags = ?, keywords = ?, modseq = ?"
+            " WHERE folder = ? AND uid = ?",
+            ((s, x, f, k, m, fid, u) for (s, x, f, k, m, u) in rows),
+        )
+
+    def clear_recent(self, fid: int, uids: Iterable[int]) -> None:
+        self.db.executemany(
+            "UPDATE messages SET recent = 0 WHERE folder = ? AND uid = ?", ((fid, u) for u in uids)
+        )
+
+    def delete_messages(self, fid: int, uids: Iterable[int]) -> None:
+        self.db.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", ((fid, u) for u in uids))
+
+    def get_header(self, fid: int, uid: int) -> bytes | None:
+        row = self.db.execute("SELECT header FROM messages WHERE folder = ? AND uid = ?", (fid, uid)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def get_headers(self, fid: int, uids: list[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for i in range(0, len(uids), 500):
+            chunk = uids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for uid, header in self.db.execute(
+                f"SELECT uid, header FROM messages WHERE folder = ? AND uid IN ({marks}) AND header IS NOT NULL",
+                (fid, *chunk),
+            ):
+                out[uid] = bytes(header)
+        return out
+
+    def set_header(self, fid: int, uid: int, header: bytes) -> None:
+        self.db.execute("UPDATE messages SET header = ? WHERE folder = ? AND uid = ?", (header, fid, uid))
+
+    def modseq_uids(self, fid: int, since: int) -> list[int]:
+        """UIDs whose modseq is greater than ``since`` (RFC 7162 CHANGEDSINCE), via the (folder, modseq) index."""
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT uid FROM messages WHERE folder = ? AND modseq > ? ORDER BY uid", (fid, since)
+            )
+        ]

@@ -1,0 +1,925 @@
+"""One open Maildir folder: its messages, UIDs, flags, modseqs, and the sync with the disk.
+
+A :class:`Mailbox` is shared by every session of the process that opened the same folder (the
+:class:`~mailsuite.store.Store` hands out one instance per user and folder), so a change made by one
+session is seen at once by the others; listeners registered on the store are told after each change.
+
+State lives in memory (a dict UID -> :class:`MessageInfo`, in UID order) and in the user's SQLite
+index.  :meth:`Mailbox.sync` reconciles with the disk: it stats ``new/`` and ``cur/`` and lists a
+directory only when its mtime moved since the last scan, or when that scan was too close to the
+mtime to be sure nothing changed after it within the file system's timestamp granularity.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+
+from twisted.logger import Logger
+
+from . import dovecot
+from .errors import MailboxNotFound, MessageNotFound, StoreError
+from .index import FolderRow, UserIndex
+from .maildir import (
+    FLAG_LETTERS,
+    LETTER_FLAGS,
+    WrittenMessage,
+    clean_tmp,
+    fsync_dir,
+    header_block,
+    info_letters,
+    make_maildir,
+    make_suffix,
+    normalize_line_ends,
+    read_header_block,
+    split_filename,
+    unique_base,
+    write_message,
+)
+
+if TYPE_CHECKING:
+    from .store import _UserState
+
+__all__ = ["Mailbox", "MessageInfo", "normalize_flags", "validate_keywords", "InvalidFlag"]
+
+log = Logger()
+
+EMPTY: frozenset[str] = frozenset()
+_SUBDIRS = ("new", "cur")
+_NS = 1_000_000_000
+#: How many fetched headers to keep before writing them to the index in one transaction.
+_HEADER_FLUSH = 256
+#: Folders up to this size are rescanned at once when a scan could not be trusted (see _needs_scan).
+_EAGER_RESCAN_LIMIT = 2000
+
+
+class InvalidFlag(StoreError, ValueError):
+    """A flag that is not an IMAP system flag, or a malformed keyword (RFC 3501 §2.3.2)."""
+
+
+_CANONICAL_FLAGS = {f.lower(): f for f in FLAG_LETTERS}
+_KEYWORD_BAD = frozenset('(){%*"\\]')
+
+
+def normalize_flags(flags: Iterable[str]) -> frozenset[str]:
+    """Canonical system flags (``\\seen`` -> ``\\Seen``).  ``\\Recent`` is dropped: it cannot be
+    stored (RFC 3501 §2.3.2, §6.4.6).  Anything else raises :class:`InvalidFlag`."""
+    out = set()
+    for f in flags:
+        low = f.lower()
+        if low == "\\recent":
+            continue
+        try:
+            out.add(_CANONICAL_FLAGS[low])
+        except KeyError:
+            raise InvalidFlag(f"not a storable system flag: {f!r}") from None
+    return frozenset(out)
+
+
+def validate_keywords(keywords: Iterable[str]) -> frozenset[str]:
+    """Keywords must be IMAP atoms (RFC 3501 §9 ``flag-keyword``): no space, control, or atom-specials."""
+    out = set()
+    for k in keywords:
+        if (
+            not k
+            or len(k) > 255
+            or any(ord(c) <= 0x20 or ord(c) >= 0x7F or c in _KEYWORD_BAD for c in k)
+        ):
+            raise InvalidFlag(f"invalid keyword {k!r}")
+        out.add(k)
+    return frozenset(out)
+
+
+def _location_row(m: MessageInfo) -> tuple:
+    return (m.subdir, m.suffix, _letters_of(m.flags), _keywords_text(m.keywords), m.modseq, m.uid)
+
+
+@functools.lru_cache(maxsize=4096)
+def _flags_of(letters: str) -> frozenset[str]:
+    return frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _letters_of(flags: frozenset[str]) -> str:
+    return "".join(sorted(FLAG_LETTERS[f] for f in flags))
+
+
+def _keywords_of(text: str) -> frozenset[str]:
+    return frozenset(text.split(" ")) if text else EMPTY
+
+
+def _keywords_text(keywords: frozenset[str]) -> str:
+    return " ".join(sorted(keywords)) if keywords else ""
+
+
+def _window(mtime_ns: int) -> int:
+    """Timestamp uncertainty of a directory mtime: 2 s on file systems with whole-second timestamps,
+    else 0.1 s (covers coarse kernel clocks)."""
+    return 2 * _NS if mtime_ns % _NS == 0 else _NS // 10
+
+
+def _settled(mtime_ns: int, scanned_ns: int) -> bool:
+    """Was the scan (time taken before listing) late enough after the mtime that any later change
+    must have moved the mtime?"""
+    return scanned_ns - mtime_ns >= _window(mtime_ns)
+
+
+class MessageInfo(NamedTuple):
+    """A message as the index knows it.  Immutable (a tuple); a change produces a new object.
+
+    ``name`` is the Maildir base name (the file name without ``:2,...``): unique in the folder and
+    stable for the message's life, so it doubles as the POP3 UIDL.  ``flags`` holds IMAP system flags
+    (``\\Seen``...), ``keywords`` the other flags; ``recent`` is True until a session claims it with
+    :meth:`Mailbox.claim_recent`.  ``internaldate`` is a Unix time (the file's mtime).  ``size`` is
+    the file size (= RFC822.SIZE, CRLF line ends).  ``path`` is where the file is now.
+    """
+
+    uid: int
+    name: str
+    flags: frozenset[str]
+    keywords: frozenset[str]
+    modseq: int
+    size: int
+    internaldate: float
+    recent: bool
+    subdir: str
+    filename: str
+    folder_dir: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.folder_dir, self.subdir, self.filename)
+
+    @property
+    def suffix(self) -> str:
+        return self.filename[len(self.name) :]
+
+
+class Mailbox:
+    """An open folder (obtain it with :meth:`Store.mailbox`; do not construct directly).
+
+    Attributes ``uidvalidity``, ``uidnext`` and ``highestmodseq`` are kept current.  All methods are
+    thread-safe (one lock per user) but are meant for the reactor thread.  Outside changes become
+    visible only through :meth:`sync`, so a session decides when to look (RFC 3501 §7.4.1 allows
+    EXPUNGE responses only at certain times).
+    """
+
+    def __init__(self, user: _UserState, name: str, folder_dir: Path) -> None:
+        self._user = user
+        self._index: UserIndex = user.index
+        self._lock: threading.RLock = user.lock
+        self.name = name
+        self.dir = folder_dir
+        self._dir_str = str(folder_dir)
+        self._msgs: dict[int, MessageInfo] = {}
+        self._by_name: dict[str, int] = {}
+        self._gone = False
+        self._pending_headers: dict[int, bytes] = {}
+        self._total_size = 0
+        self.fid = 0
+        self.uidvalidity = 0
+        self.uidnext = 1
+        self.highestmodseq = 1
+        self._kwtable: list[str | None] = []
+        self._kwletter: dict[str, str] = {}
+        self._suffix_cache: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        self._state: dict[str, tuple[int, int]] = {"new": (0, 0), "cur": (0, 0)}
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Load from the index, or build the folder's index on its first open.  Caller holds the lock."""
+        clean_tmp(self.dir)
+        row = self._index.get_folder(self.name)
+        if row is None:
+            self._first_open()
+            return
+        self._apply_row(row)
+        make = MessageInfo
+        d = self._dir_str
+        msgs = self._msgs
+        by_name = self._by_name
+        total = 0
+        for uid, name, subdir, suffix, flags, kw, modseq, size, idate, recent in self._index.load_messages(self.fid):
+            msgs[uid] = make(uid, name, _flags_of(flags), _keywords_of(kw) if kw else EMPTY, modseq, size, idate,
+                             recent == 1, subdir, name + suffix if suffix else name, d)
+            by_name[name] = uid
+            total += size
+        self._total_size = total
+        self._sync_locked()
+
+    def _apply_row(self, row: FolderRow) -> None:
+        self.fid = row.id
+        self.uidvalidity = row.uidvalidity
+        self.uidnext = row.uidnext
+        self.highestmodseq = row.highestmodseq
+        self._set_kwtable(row.keywords)
+        self._state = {"new": (row.new_mtime, row.new_scanned), "cur": (row.cur_mtime, row.cur_scanned)}
+
+    def _set_kwtable(self, table: list[str | None]) -> None:
+        self._suffix_cache = {}
+        self._kwtable = list(table)
+        self._kwletter = {k: chr(ord("a") + i) for i, k in enumerate(self._kwtable) if k}
+
+    def _first_open(self) -> None:
+        """First open (or index rebuild): import Dovecot's UIDs if present, then scan everything."""
+        uidlist = dovecot.read_uidlist(self.dir)
+        kwtable = dovecot.read_keywords(self.dir)
+        if uidlist is not None:
+            uidvalidity, uidnext = uidlist.uidvalidity, uidlist.nextuid
+            self._index.note_uidvalidity(uidvalidity)
+        else:
+            uidvalidity, uidnext = self._index.next_uidvalidity(), 1
+        row = self._index.create_folder(self.name, uidvalidity, uidnext, kwtable)
+        self._apply_row(row)
+        self._rescan(set(_SUBDIRS), first=True, imported=uidlist.uids if uidlist else None)
+        if uidlist is not None:
+            # Import once: re-importing later (after an index loss) could give an old UID to a
+            # different message under the same UIDVALIDITY.
+            try:
+                os.replace(self.dir / dovecot.UIDLIST, self.dir / (dovecot.UIDLIST + ".mailsuite-imported"))
+            except OSError as e:
+                log.warn("mailsuite store: could not rename {p}: {e}", p=str(self.dir / dovecot.UIDLIST), e=e)
+
+    # -- sync ---------------------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self._gone:
+            raise MailboxNotFound(self.name)
+
+    def _stat_subdirs(self) -> dict[str, int]:
+        out = {}
+        for sub in _SUBDIRS:
+            try:
+                out[sub] = os.stat(self.dir / sub).st_mtime_ns
+            except FileNotFoundError:
+                if not self.dir.is_dir():
+                    self._gone = True
+                    raise MailboxNotFound(self.name) from None
+                make_maildir(self.dir, subfolder=self.name != "INBOX")
+                out[sub] = os.stat(self.dir / sub).st_mtime_ns
+        return out
+
+    def _needs_scan(self, sub: str, mtime_ns: int, now_ns: int) -> bool:
+        """Must ``sub`` be listed?  Yes if its mtime moved.  If the last scan was too close to the
+        mtime (a later change in the same timestamp tick would not move it), list again: at once for
+        small folders, else once that window has passed since the scan (Dovecot's "delayed refresh"),
+        so a burst of our own changes does not rescan a huge ``cur/`` on every command."""
+        old_mtime, scanned = self._state[sub]
+        if old_mtime != mtime_ns:
+            return True
+        if _settled(old_mtime, scanned):
+            return False
+        return len(self._msgs) <= _EAGER_RESCAN_LIMIT or now_ns - scanned >= _window(old_mtime)
+
+    def sync(self) -> bool:
+        """Pick up changes made by other Maildir tools; return True if anything changed.
+
+        Costs two ``stat()`` calls when nothing changed.  New files get UIDs (recent), renamed files
+        update flags/keywords (new modseq), vanished files are expunged.  Listeners are notified.
+        """
+        with self._lock:
+            self._check_alive()
+            changed = self._sync_locked()
+        if changed:
+            self._user.notify(self.name)
+        return changed
+
+    def _sync_locked(self) -> bool:
+        mtimes = self._stat_subdirs()
+        now = time.time_ns()
+        subs = {s for s in _SUBDIRS if self._needs_scan(s, mtimes[s], now)}
+        return self._rescan(subs) if subs else False
+
+    def _decode_suffix(self, suffix: str, old_keywords: frozenset[str] = EMPTY) -> tuple[frozenset[str], frozenset[str]]:
+        """Flags and keywords named by a file's info letters (keywords without a letter are kept)."""
+        cached = self._suffix_cache.get(suffix)
+        if cached is None:
+            letters = info_letters(suffix)
+            table = self._kwtable
+            kws = frozenset(
+                table[ord(c) - 97] for c in letters if "a" <= c <= "z" and ord(c) - 97 < len(table) and table[ord(c) - 97]
+            )
+            cached = self._suffix_cache[suffix] = (_flags_of(letters), kws or EMPTY)
+        if old_keywords and any(k not in self._kwletter for k in old_keywords):
+            return cached[0], cached[1] | {k for k in old_keywords if k not in self._kwletter}
+        return cached
+
+    def _rescan(self, subs: set[str], first: bool = False, imported: dict[str, int] | None = None) -> bool:
+        """List ``subs`` (one ``listdir`` each) and reconcile them with the index.  Caller holds the lock.
+
+        Only the differences between the listed names and the known file names are handled in Python:
+        a known base under a new name is a flag change or a new->cur move (same UID); an unknown base
+        is a new message (stat'ed for size and date); a known file gone without a new name is expunged.
+        """
+        files: dict[str, set[str]] = {}
+        states: dict[str, tuple[int, int]] = {}
+        for sub in ("new", "cur"):
+            if sub in subs:
+                scanned = time.time_ns()
+                path = os.path.join(self._dir_str, sub)
+                mtime = os.stat(path).st_mtime_ns  # before listing: a change during it moves the mtime
+                files[sub] = set(os.listdir(path))
+                states[sub] = (mtime, scanned)
+        known: dict[str, set[str]] = {sub: set() for sub in files}
+        if len(files) == 2:
+            for m in self._msgs.values():
+                known[m.subdir].add(m.filename)
+        elif files:
+            (only,) = files
+            known[only] = {m.filename for m in self._msgs.values() if m.subdir == only}
+
+        by_name = self._by_name
+        appeared: dict[str, tuple[str, str]] = {}
+        vanished: dict[str, str] = {}
+        for sub, names in files.items():  # "new" first, so "cur" wins for a base present in both
+            for fn in known[sub] - names:
+                vanished[fn.split(":", 1)[0]] = sub
+            for fn in names - known[sub]:
+                if fn[0] != ".":
+                    appeared[fn.split(":", 1)[0]] = (sub, fn)
+
+        relocated: list[MessageInfo] = []
+        modseq = self.highestmodseq + 1
+        flag_changed = False
+        new_files: list[tuple[int, int, str, str, str, os.stat_result]] = []
+        for base, (sub, fn) in appeared.items():
+            uid = by_name.get(base)
+            if uid is None:
+                try:
+                    st = os.stat(f"{self._dir_str}/{sub}/{fn}")
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                pre = imported.get(base, 0) if imported else 0
+                new_files.append((0 if pre else 1, pre or st.st_mtime_ns, base, sub, fn, st))
+            elif base in vanished:
+                m = self._msgs[uid]
+                flags, kws = self._decode_suffix(fn[len(base):], m.keywords)
+                if flags != m.flags or kws != m.keywords:
+                    relocated.append(m._replace(subdir=sub, filename=fn, flags=flags, keywords=kws, modseq=modseq))
+                    flag_changed = True
+                else:
+                    relocated.append(m._replace(subdir=sub, filename=fn))
+            # else: a second file with a known base (a copy made outside): ignored
+        removed = [by_name[base] for base in vanished if base not in appeared]
+        new_files.sort(key=lambda t: t[:3])
+
+        added: list[MessageInfo] = []
+        uidnext = self.uidnext
+        used: set[int] = set()
+        if imported:
+            top = max((t[1] for t in new_files if t[0] == 0), default=0)
+            uidnext = max(uidnext, top + 1)
+        for is_new, key, base, sub, fn, st in new_files:
+            if is_new == 0 and key not in self._msgs and key not in used:
+                uid = key
+            else:
+                uid = uidnext
+                uidnext += 1
+            used.add(uid)
+            flags, kws = self._decode_suffix(fn[len(base):])
+            recent = sub == "new" if first else True
+            added.append(MessageInfo(uid, base, flags, kws, modseq, st.st_size, st.st_mtime, recent, sub, fn, self._dir_str))
+        added.sort(key=lambda m: m.uid)
+
+        changed = bool(removed or relocated or added)
+        highest = modseq if (removed or added or flag_changed) else self.highestmodseq
+        idx = self._index
+        with idx.transaction():
+            self._flush_headers()
+            if removed:
+                idx.delete_messages(self.fid, removed)
+            if relocated:
+                idx.update_locations(self.fid, (_location_row(m) for m in relocated))
+            if added:
+                idx.insert_messages(
+                    self.fid,
+                    ((m.uid, m.name, m.subdir, m.suffix, _letters_of(m.flags), _keywords_text(m.keywords), m.modseq,
+                      m.size, m.internaldate, int(m.recent), None) for m in added),
+                )
+            fields: dict[str, object] = {"uidnext": uidnext, "highestmodseq": highest}
+            for sub, (mt, sc) in states.items():
+                fields[f"{sub}_mtime"] = mt
+                fields[f"{sub}_scanned"] = sc
+            idx.update_folder(self.fid, **fields)
+        # Memory follows the committed index.
+        for uid in removed:
+            m = self._msgs.pop(uid)
+            by_name.pop(m.name, None)
+            self._total_size -= m.size
+            self._pending_headers.pop(uid, None)
+        for m in relocated:
+            self._msgs[m.uid] = m
+        if added:
+            if self._msgs and added[0].uid < next(reversed(self._msgs)):
+                merged = sorted([*self._msgs.values(), *added], key=lambda m: m.uid)
+                self._msgs = {m.uid: m for m in merged}
+            else:
+                for m in added:
+                    self._msgs[m.uid] = m
+            for m in added:
+                by_name[m.name] = m.uid
+                self._total_size += m.size
+        self.uidnext = uidnext
+        self.highestmodseq = highest
+        self._state.update(states)
+        return changed
+
+    # -- own changes --------------------------------------------------------------------------
+
+    def _own_begin(self) -> dict[str, bool]:
+        """Before changing the directories ourselves: which of them match the index (same mtime as
+        at the last scan; an unsettled scan stays unsettled, so its check still happens)."""
+        mtimes = self._stat_subdirs()
+        return {s: self._state[s][0] == mtimes[s] for s in _SUBDIRS}
+
+    def _own_end(self, before: dict[str, bool]) -> dict[str, object]:
+        """After our own changes: directories that were in sync stay so (new mtime recorded).
+
+        Returns the folder fields to store.
+        """
+        fields: dict[str, object] = {}
+        for sub, in_sync in before.items():
+            if in_sync:
+                mtime = os.stat(self.dir / sub).st_mtime_ns
+                state = (mtime, time.time_ns())
+                self._state[sub] = state
+                fields[f"{sub}_mtime"], fields[f"{sub}_scanned"] = state
+        return fields
+
+    def _with_file(self, uid: int, op: Callable[[MessageInfo], object]) -> tuple[MessageInfo | None, object]:
+        """Run ``op(info)``; if the file vanished (renamed outside), rescan once and retry."""
+        m = self._msgs.get(uid)
+        if m is None:
+            return None, None
+        try:
+            return m, op(m)
+        except FileNotFoundError:
+            self._rescan(set(_SUBDIRS))
+            m = self._msgs.get(uid)
+            if m is None:
+                return None, None
+            try:
+                return m, op(m)
+            except FileNotFoundError:
+                return None, None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._msgs)
+
+    def messages(self) -> list[MessageInfo]:
+        """All messages, sorted by UID (the index's view; call :meth:`sync` first to see outside changes)."""
+        with self._lock:
+            return list(self._msgs.values())
+
+    def uids(self) -> list[int]:
+        with self._lock:
+            return list(self._msgs)
+
+    def message(self, uid: int) -> MessageInfo:
+        """The :class:`MessageInfo` of ``uid``; raises :class:`MessageNotFound`."""
+        try:
+            return self._msgs[uid]
+        except KeyError:
+            raise MessageNotFound(uid) from None
+
+    def total_size(self) -> int:
+        """Sum of message sizes in this folder (bytes)."""
+        return self._total_size
+
+    def unseen_count(self) -> int:
+        with self._lock:
+            return sum(1 for m in self._msgs.values() if "\\Seen" not in m.flags)
+
+    def recent_count(self) -> int:
+        with self._lock:
+            return sum(1 for m in self._msgs.values() if m.recent)
+
+    def changed_since(self, modseq: int) -> list[MessageInfo]:
+        """Messages whose modseq is greater than ``modseq`` (RFC 7162 CHANGEDSINCE), UID order."""
+        with self._lock:
+            self._check_alive()
+            uids = self._index.modseq_uids(self.fid, modseq)
+            return [self._msgs[u] for u in uids if u in self._msgs]
+
+    def open_message(self, uid: int) -> BinaryIO:
+        """Open the message file for reading (binary).  Raises :class:`MessageNotFound`."""
+        with self._lock:
+            self._check_alive()
+            _m, f = self._with_file(uid, lambda m: open(m.path, "rb"))
+        if f is None:
+            raise MessageNotFound(uid)
+        return f  # type: ignore[return-value]
+
+    def read_message(self, uid: int) -> bytes:
+        """The whole message (CRLF line ends for messages stored by this server)."""
+        with self.open_message(uid) as f:
+            return f.read()
+
+    def header_bytes(self, uid: int) -> bytes:
+        """The raw header block including the blank line that ends it; cached in the index."""
+        return self.headers([uid])[uid]
+
+    def headers(self, uids: Iterable[int]) -> dict[int, bytes]:
+        """Header blocks of several messages at once (one index query; missing ones read and cached).
+
+        Raises :class:`MessageNotFound` if any UID does not exist.
+        """
+        uids = list(uids)
+        with self._lock:
+            self._check_alive()
+            for u in uids:
+                if u not in self._msgs:
+                    raise MessageNotFound(u)
+            out = {u: self._pending_headers[u] for u in uids if u in self._pending_headers}
+            missing = [u for u in uids if u not in out]
+            if missing:
+                out.update(self._index.get_headers(self.fid, missing))
+            for u in uids:
+                if u in out:
+                    continue
+
+                def read(m: MessageInfo) -> bytes:
+                    with open(m.path, "rb") as f:
+                        return read_header_block(f)
+
+                _m, header = self._with_file(u, read)
+                if header is None:
+                    raise MessageNotFound(u)
+                out[u] = header  # type: ignore[assignment]
+                self._pending_headers[u] = header  # type: ignore[assignment]
+            if len(self._pending_headers) >= _HEADER_FLUSH:
+                with self._index.transaction():
+                    self._flush_headers()
+            return out
+
+    def _flush_headers(self) -> None:
+        for uid, header in self._pending_headers.items():
+            self._index.set_header(self.fid, uid, header)
+        self._pending_headers.clear()
+
+    def flush(self) -> None:
+        """Write cached headers still held in memory to the index."""
+        with self._lock:
+            if self._pending_headers and not self._gone:
+                with self._index.transaction():
+                    self._flush_headers()
+
+    def status(self) -> dict[str, int]:
+        """Counters for IMAP STATUS (RFC 3501 §6.3.10, RFC 7162 §3.1.7)."""
+        with self._lock:
+            return {
+                "MESSAGES": len(self._msgs),
+                "RECENT": self.recent_count(),
+                "UIDNEXT": self.uidnext,
+                "UIDVALIDITY": self.uidvalidity,
+                "UNSEEN": self.unseen_count(),
+                "HIGHESTMODSEQ": self.highestmodseq,
+                "SIZE": self._total_size,
+            }
+
+    # -- \Recent ------------------------------------------------------------------------------
+
+    def claim_recent(self) -> set[int]:
+        """Take the \\Recent messages for the calling session (RFC 3501 §2.3.2).
+
+        Returns the UIDs that were recent; afterwards no other session sees them as recent.  Like
+        Dovecot, claimed files in ``new/`` move to ``cur/`` (no flag change, no modseq change).
+        """
+        with self._lock:
+            self._check_alive()
+            uids = [u for u, m in self._msgs.items() if m.recent]
+            if not uids:
+                return set()
+            before = self._own_begin()
+            moved: list[MessageInfo] = []
+            for u in uids:
+                m = self._msgs[u]
+                if m.subdir == "new":
+                    fn = m.name + make_suffix(info_letters(m.suffix))
+                    try:
+                        os.rename(m.path, os.path.join(self._dir_str, "cur", fn))
+                    except FileNotFoundError:
+                        self._msgs[u] = m._replace(recent=False)
+                        continue
+                    m = m._replace(subdir="cur", filename=fn)
+                    moved.append(m)
+                self._msgs[u] = m._replace(recent=False)
+            fields = self._own_end(before)
+            with self._index.transaction():
+                self._index.clear_recent(self.fid, uids)
+                if moved:
+                    self._index.update_locations(
+                        self.fid,
+                        (_location_row(m) for m in moved),
+                    )
+                if fields:
+                    self._index.update_folder(self.fid, **fields)
+            return set(uids)
+
+    # -- flags --------------------------------------------------------------------------------
+
+    def _keyword_letter(self, kw: str, assign: bool) -> str | None:
+        letter = self._kwletter.get(kw)
+        if letter is not None or not assign:
+            return letter
+        table = self._kwtable
+        try:
+            i = table.index(None)
+        except ValueError:
+            if len(table) >= dovecot.MAX_KEYWORD_LETTERS:
+                return None  # kept in the index only
+            table.append(None)
+            i = len(table) - 1
+        table[i] = kw
+        letter = chr(97 + i)
+        self._kwletter[kw] = letter
+        self._suffix_cache.clear()
+        dovecot.write_file_atomic(self.dir / dovecot.KEYWORDS, dovecot.format_keywords(table))
+        self._index.update_folder(self.fid, keywords=table)
+        return letter
+
+    def _letters_for(self, flags: frozenset[str], keywords: frozenset[str], old_suffix: str = "") -> str:
+        """Info letters for flags+keywords, keeping letters we do not manage (e.g. ``P`` passed)."""
+        letters = [FLAG_LETTERS[f] for f in flags]
+        for kw in keywords:
+            letter = self._keyword_letter(kw, assign=True)
+            if letter:
+                letters.append(letter)
+        for c in info_letters(old_suffix):
+            if c in LETTER_FLAGS:
+                continue
+            if "a" <= c <= "z" and ord(c) - 97 < len(self._kwtable) and self._kwtable[ord(c) - 97]:
+                continue
+            letters.append(c)
+        return "".join(sorted(set(letters)))
+
+    def set_flags(
+        self,
+        uids: Iterable[int],
+        flags: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        mode: str = "+",
+        unchangedsince: int | None = None,
+    ) -> tuple[list[int], list[int]]:
+        """Add (``+``), remove (``-``) or replace (``=``) flags and keywords (RFC 3501 §6.4.6).
+
+        Renames each changed file to ``cur/<base>:2,<letters>`` and gives all changed messages one new
+        modseq.  With ``unchangedsince`` (RFC 7162 §3.1.3) messages whose modseq is greater are left
+        alone and returned in the second list.  Unknown UIDs are ignored.  Returns
+        ``(changed_uids, failed_modified_uids)``.
+        """
+        if mode not in ("+", "-", "="):
+            raise ValueError(f"bad mode {mode!r}")
+        fset = normalize_flags(flags)
+        kset = validate_keywords(keywords)
+        changed_msgs: list[MessageInfo] = []
+        failed: list[int] = []
+
+        def compute(m: MessageInfo) -> tuple[frozenset[str], frozenset[str]]:
+            if mode == "+":
+                return m.flags | fset, m.keywords | kset
+            if mode == "-":
+                return m.flags - fset, m.keywords - kset
+            return fset, kset
+
+        with self._lock:
+            self._check_alive()
+            before = self._own_begin()
+            for uid in sorted(set(uids)):
+                m = self._msgs.get(uid)
+                if m is None:
+                    continue
+                if unchangedsince is not None and m.modseq > unchangedsince:
+                    failed.append(uid)
+                    continue
+                nf, nk = compute(m)
+                if nf == m.flags and nk == m.keywords:
+                    continue
+
+                def rename(m: MessageInfo) -> tuple[str, frozenset[str], frozenset[str]]:
+                    # Recomputed from m: after a rescan (file renamed outside) m is the fresh state.
+                    nf, nk = compute(m)
+                    fn = m.name + make_suffix(self._letters_for(nf, nk, m.suffix))
+                    if (m.subdir, m.filename) != ("cur", fn):
+                        os.rename(m.path, os.path.join(self._dir_str, "cur", fn))
+                    return fn, nf, nk
+
+                m2, res = self._with_file(uid, rename)
+                if m2 is None:
+                    continue
+                fn, nf, nk = res  # type: ignore[misc]
+                if nf == m2.flags and nk == m2.keywords and (m2.subdir, m2.filename) == ("cur", fn):
+                    continue
+                changed_msgs.append(m2._replace(subdir="cur", filename=fn, flags=nf, keywords=nk))
+            if changed_msgs:
+                modseq = self.highestmodseq + 1
+                changed_msgs = [m._replace(modseq=modseq) for m in changed_msgs]
+                fields = self._own_end(before)
+                fields["highestmodseq"] = modseq
+                with self._index.transaction():
+                    self._index.update_locations(
+                        self.fid,
+                        (_location_row(m) for m in changed_msgs),
+                    )
+                    self._index.update_folder(self.fid, **fields)
+                for m in changed_msgs:
+                    self._msgs[m.uid] = m
+                self.highestmodseq = modseq
+        if changed_msgs:
+            self._user.notify(self.name)
+        return [m.uid for m in changed_msgs], failed
+
+    # -- removing -----------------------------------------------------------------------------
+
+    def _remove_locked(self, uids: list[int]) -> list[int]:
+        """Unlink the files of ``uids`` and drop them from the index.  Caller holds the lock."""
+        before = self._own_begin()
+        gone: list[int] = []
+        for uid in uids:
+            m, ok = self._with_file(uid, lambda m: os.unlink(m.path) or True)
+            if m is not None or uid in self._msgs:
+                gone.append(uid)
+        gone = sorted(set(gone))
+        if not gone:
+            return []
+        fields = self._own_end(before)
+        modseq = self.highestmodseq + 1
+        fields["highestmodseq"] = modseq
+        with self._index.transaction():
+            self._index.delete_messages(self.fid, gone)
+            self._index.update_folder(self.fid, **fields)
+        for uid in gone:
+            m = self._msgs.pop(uid, None)
+            if m is not None:
+                self._by_name.pop(m.name, None)
+                self._total_size -= m.size
+            self._pending_headers.pop(uid, None)
+        self.highestmodseq = modseq
+        return gone
+
+    def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove messages flagged ``\\Deleted`` (only among ``uids`` if given: UID EXPUNGE, RFC 4315
+        §2.1).  Returns the expunged UIDs in ascending order."""
+        with self._lock:
+            self._check_alive()
+            wanted = None if uids is None else set(uids)
+            targets = [
+                u for u, m in self._msgs.items() if "\\Deleted" in m.flags and (wanted is None or u in wanted)
+            ]
+            gone = self._remove_locked(targets) if targets else []
+        if gone:
+            self._user.notify(self.name)
+        return gone
+
+    # -- adding -------------------------------------------------------------------------------
+
+    def _register(
+        self,
+        written: WrittenMessage,
+        keywords: frozenset[str] = EMPTY,
+        header: bytes | None = None,
+        internaldate: float | None = None,
+        own: dict[str, bool] | None = None,
+    ) -> int:
+        """Index a file we just wrote into this folder (idempotent by base name).  Caller holds the lock."""
+        base = written.base
+        known = self._by_name.get(base)
+        if known is not None:
+            return known
+        flags, kws = self._decode_suffix(written.filename[len(base):])
+        kws = kws | keywords if keywords else kws
+        uid = self.uidnext
+        modseq = self.highestmodseq + 1
+        m = MessageInfo(uid, base, flags, kws, modseq, written.size,
+                        written.mtime if internaldate is None else internaldate, True,
+                        written.subdir, written.filename, self._dir_str)
+        fields = self._own_end(own) if own else {}
+        fields.update(uidnext=uid + 1, highestmodseq=modseq)
+        with self._index.transaction():
+            self._index.insert_messages(
+                self.fid,
+                [(uid, base, m.subdir, m.suffix, _letters_of(flags), _keywords_text(kws), modseq, m.size,
+                  m.internaldate, 1, header)],
+            )
+            self._index.update_folder(self.fid, **fields)
+        self._msgs[uid] = m
+        self._by_name[base] = uid
+        self._total_size += m.size
+        self.uidnext = uid + 1
+        self.highestmodseq = modseq
+        return uid
+
+    def append(
+        self,
+        data: bytes,
+        flags: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        internaldate: float | None = None,
+    ) -> int:
+        """Store a message (IMAP APPEND, RFC 3501 §6.3.11) durably and return its UID.
+
+        Bare LF line ends become CRLF.  ``internaldate`` (Unix time) becomes the file's mtime.  The
+        fsyncs run on the calling thread; see :meth:`Store.append` for the variant that writes in a
+        thread.
+        """
+        fset = normalize_flags(flags)
+        kset = validate_keywords(keywords)
+        data = normalize_line_ends(data)
+        with self._lock:
+            self._check_alive()
+            letters = self._letters_for(fset, kset) if (fset or kset) else None
+            own = self._own_begin()
+            written = write_message(self.dir, data, letters, mtime=internaldate)
+            uid = self._register(written, kset, header_block(data), internaldate, own)
+        self._user.notify(self.name)
+        return uid
+
+    def _copy_locked(self, uids: Iterable[int], dest: Mailbox) -> list[tuple[int, int]]:
+        pairs: list[tuple[int, int]] = []
+        own = dest._own_begin()
+        wanted = sorted(u for u in set(uids) if u in self._msgs)
+        headers = self._index.get_headers(self.fid, wanted)
+        headers.update({u: h for u, h in self._pending_headers.items() if u in wanted})
+        to_register: list[tuple[int, WrittenMessage, MessageInfo]] = []
+        for uid in wanted:
+            def link(m: MessageInfo) -> WrittenMessage:
+                letters = dest._letters_for(m.flags, m.keywords)
+                return _link_or_copy(m, dest.dir, letters)
+
+            m, written = self._with_file(uid, link)
+            if m is None:
+                continue
+            to_register.append((uid, written, m))  # type: ignore[arg-type]
+        if to_register:
+            fsync_dir(dest.dir / "cur")
+        for uid, written, m in to_register:
+            extra = frozenset(k for k in m.keywords if k not in dest._kwletter)
+            new_uid = dest._register(written, extra, headers.get(uid), m.internaldate, own)
+            pairs.append((uid, new_uid))
+        return pairs
+
+    def copy(self, uids: Iterable[int], dest: Mailbox) -> list[tuple[int, int]]:
+        """Copy messages to ``dest`` (same user) keeping flags, keywords and internal date
+        (RFC 3501 §6.4.7).  Hard links when possible.  Returns ``[(source uid, new uid)]`` for
+        COPYUID (RFC 4315 §3)."""
+        if dest._user is not self._user:
+            raise StoreError("copy between different users is not supported")
+        with self._lock:
+            self._check_alive()
+            dest._check_alive()
+            pairs = self._copy_locked(uids, dest)
+        if pairs:
+            dest._user.notify(dest.name)
+        return pairs
+
+    def move(self, uids: Iterable[int], dest: Mailbox) -> list[tuple[int, int]]:
+        """Move messages to ``dest`` (RFC 6851): copy, then remove the sources without needing
+        ``\\Deleted``.  Returns ``[(source uid, new uid)]``."""
+        if dest._user is not self._user:
+            raise StoreError("move between different users is not supported")
+        if dest is self:
+            return []
+        with self._lock:
+            self._check_alive()
+            dest._check_alive()
+            pairs = self._copy_locked(uids, dest)
+            if pairs:
+                self._remove_locked([src for src, _ in pairs])
+        if pairs:
+            dest._user.notify(dest.name)
+            self._user.notify(self.name)
+        return pairs
+
+    def __repr__(self) -> str:
+        return f"<Mailbox {self.name!r} of {self._user.user!r}: {len(self._msgs)} messages>"
+
+
+def _link_or_copy(m: MessageInfo, dest_dir: Path, letters: str) -> WrittenMessage:
+    """Hard-link ``m`` into ``dest_dir/cur`` under a new unique name (copy durably if linking fails)."""
+    suffix = make_suffix(letters)
+    for _attempt in range(100):
+        base = unique_base(m.size)
+        dst = dest_dir / "cur" / (base + suffix)
+        try:
+            os.link(m.path, dst)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            raise
+        except OSError:
+            with open(m.path, "rb") as f:
+                data = f.read()
+            return write_message(dest_dir, data, letters, mtime=m.internaldate)
+        return WrittenMessage(base + suffix, "cur", m.size, m.internaldate)
+    raise OSError("could not find a unique Maildir file name")

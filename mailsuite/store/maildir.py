@@ -1,0 +1,296 @@
+"""Maildir file-level operations: unique names, flag letters, durable writes, directory helpers.
+
+Everything here is plain blocking file work, safe to run from any thread; nothing touches the index.
+
+File names follow the Maildir conventions Dovecot uses:
+``<base>`` in ``new/`` and ``<base>:2,<letters>`` in ``cur/``, where ``<base>`` is
+``<sec>.M<usec>P<pid>Q<counter>.<host>,S=<size>`` for files we create.  The base (everything before the
+first ``:``) never changes for the life of a message, so it keys the message in the index and is its
+POP3 UIDL.  Info letters are kept sorted (ASCII order): upper-case system flags
+(``D`` draft, ``F`` flagged, ``P`` passed, ``R`` replied, ``S`` seen, ``T`` trashed) and lower-case
+keyword letters ``a``-``z`` mapped through the folder's ``dovecot-keywords`` file.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "FLAG_LETTERS",
+    "LETTER_FLAGS",
+    "SYSTEM_FLAGS",
+    "WrittenMessage",
+    "split_filename",
+    "size_from_base",
+    "unique_base",
+    "make_suffix",
+    "write_message",
+    "link_no_clobber",
+    "fsync_dir",
+    "make_maildir",
+    "clean_tmp",
+    "read_header_block",
+    "header_block",
+    "normalize_line_ends",
+]
+
+#: IMAP system flag -> Maildir info letter (the Maildir spec, as Dovecot maps them).
+FLAG_LETTERS: dict[str, str] = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+LETTER_FLAGS: dict[str, str] = {v: k for k, v in FLAG_LETTERS.items()}
+#: The IMAP system flags that can be stored (``\\Recent`` is session state, RFC 3501 §2.3.2).
+SYSTEM_FLAGS = frozenset(FLAG_LETTERS)
+
+INFO_SEP = ":2,"
+#: tmp/ files older than this are leftovers of crashed deliveries (the Maildir spec's 36 hours).
+STALE_TMP_SECONDS = 36 * 3600
+
+_counter = itertools.count(1)
+_SIZE_RE = re.compile(r",S=(\d+)")
+
+
+def _hostname() -> str:
+    # Maildir spec: "/" and ":" in the host name are written as \057 and \072.
+    host = socket.gethostname() or "localhost"
+    return host.replace("/", "\\057").replace(":", "\\072")
+
+
+_HOST = _hostname()
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenMessage:
+    """Result of :func:`write_message`: the final file name (in ``subdir``), its size and mtime."""
+
+    filename: str
+    subdir: str
+    size: int
+    mtime: float
+
+    @property
+    def base(self) -> str:
+        return split_filename(self.filename)[0]
+
+
+def split_filename(filename: str) -> tuple[str, str]:
+    """``"b:2,FS"`` -> ``("b", ":2,FS")``; ``"b"`` -> ``("b", "")``.  The first ``:`` starts the info."""
+    i = filename.find(":")
+    if i < 0:
+        return filename, ""
+    return filename[:i], filename[i:]
+
+
+def info_letters(suffix: str) -> str:
+    """The flag letters of an info suffix (``":2,FS"`` -> ``"FS"``; anything else -> ``""``)."""
+    return suffix[3:] if suffix.startswith(INFO_SEP) else ""
+
+
+def size_from_base(base: str) -> int | None:
+    """The ``,S=<size>`` field of a base name, if present."""
+    m = _SIZE_RE.search(base)
+    return int(m.group(1)) if m else None
+
+
+def unique_base(size: int) -> str:
+    """A new unique base name: ``<sec>.M<usec>P<pid>Q<counter>.<host>,S=<size>``.
+
+    Unique across threads (the counter) and processes (the pid); creation uses O_EXCL anyway.
+    """
+    now = time.time_ns() // 1000
+    sec, usec = divmod(now, 1_000_000)
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{_HOST},S={size}"
+
+
+def make_suffix(letters: str) -> str:
+    """Info suffix with sorted, de-duplicated letters: ``"SF"`` -> ``":2,FS"``."""
+    return INFO_SEP + "".join(sorted(set(letters)))
+
+
+def fsync_dir(path: Path | str) -> None:
+    """fsync a directory so a rename/link into it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def link_no_clobber(src: Path | str, dst: Path | str) -> None:
+    """Make ``dst`` name the file ``src`` names, then drop ``src``; never overwrite ``dst``.
+
+    Uses ``link()`` + ``unlink()`` (fails with FileExistsError if ``dst`` exists).  On file systems
+    without hard links falls back to ``rename()`` after an existence check.
+    """
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "destination exists", str(dst)) from e
+        os.rename(src, dst)
+        return
+    try:
+        os.unlink(src)
+    except FileNotFoundError:
+        pass
+
+
+def normalize_line_ends(data: bytes) -> bytes:
+    """Turn bare LF into CRLF (messages are stored with CRLF, so file size = RFC822.SIZE)."""
+    if b"\n" not in data:
+        return data
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return re.sub(rb"(?<!\r)\n", b"\r\n", data)
+
+
+def write_message(
+    folder_dir: Path,
+    data: bytes,
+    letters: str | None = None,
+    mtime: float | None = None,
+) -> WrittenMessage:
+    """Durably write one message into a Maildir folder and return where it landed.
+
+    Write to ``tmp/<unique>`` (O_EXCL), fsync, then link into ``new/<unique>`` (``letters is None``) or
+    ``cur/<unique>:2,<letters>``, fsync the directory.  Never overwrites: a name clash just picks a new
+    name.  ``mtime`` sets the file's modification time (the INTERNALDATE on rebuild).  Blocking.
+    """
+    subdir = "new" if letters is None else "cur"
+    suffix = "" if letters is None else make_suffix(letters)
+    for _attempt in range(100):
+        base = unique_base(len(data))
+        tmp_path = folder_dir / "tmp" / base
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+            os.fsync(fd)
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp_path)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
+        filename = base + suffix
+        try:
+            link_no_clobber(tmp_path, folder_dir / subdir / filename)
+        except FileExistsError:
+            os.unlink(tmp_path)
+            continue
+        fsync_dir(folder_dir / subdir)
+        return WrittenMessage(filename, subdir, st.st_size, st.st_mtime)
+    raise OSError(errno.EEXIST, "could not find a unique Maildir file name", str(folder_dir))
+
+
+def make_maildir(folder_dir: Path, subfolder: bool, sync_parent: bool = True) -> bool:
+    """Create ``folder_dir/{cur,new,tmp}`` (mode 0700); Maildir++ sub-folders get a ``maildirfolder`` file.
+
+    Returns True if anything was created; then the new entries are fsynced (the parent directory
+    too unless ``sync_parent`` is False: the caller fsyncs it once).  Idempotent and safe against
+    concurrent creators.
+    """
+    created = False
+    try:
+        os.makedirs(folder_dir, mode=0o700)
+        created = True
+    except FileExistsError:
+        pass
+    for sub in ("cur", "new", "tmp"):
+        try:
+            os.mkdir(folder_dir / sub, 0o700)
+            created = True
+        except FileExistsError:
+            pass
+    if subfolder:
+        marker = folder_dir / "maildirfolder"
+        if not marker.exists():
+            try:
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            except FileExistsError:
+                pass
+            created = True
+    if created:
+        fsync_dir(folder_dir)
+        if sync_parent:
+            fsync_dir(folder_dir.parent)
+    return created
+
+
+def clean_tmp(folder_dir: Path, max_age: float = STALE_TMP_SECONDS, now: float | None = None) -> int:
+    """Delete files in ``tmp/`` whose mtime is older than ``max_age`` seconds; return how many."""
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(folder_dir / "tmp"))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def read_header_block(f, limit: int = 1 << 20) -> bytes:
+    """Read the header block (through the blank line that ends it) from a binary file object.
+
+    Returns at most ``limit`` bytes (a header-only message returns the whole file).
+    """
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = f.read(8192)
+        if not chunk:
+            break
+        start = max(0, len(buf) - 3)
+        buf += chunk
+        if buf.startswith(b"\r\n"):
+            return b"\r\n"
+        if buf.startswith(b"\n"):
+            return b"\n"
+        i = buf.find(b"\r\n\r\n", start)
+        j = buf.find(b"\n\n", start)
+        ends = [k + 4 for k in (i,) if k >= 0] + [k + 2 for k in (j,) if k >= 0]
+        if ends:
+            return bytes(buf[: min(ends)])
+    return bytes(buf[:limit])
+
+
+def header_block(data: bytes) -> bytes:
+    """Header block of a message held in memory (through the blank line; whole data if none)."""
+    if data.startswith(b"\r\n"):
+        return b"\r\n"
+    if data.startswith(b"\n"):
+        return b"\n"
+    i = data.find(b"\r\n\r\n")
+    j = data.find(b"\n\n")
+    ends = [k + 4 for k in (i,) if k >= 0] + [k + 2 for k in (j,) if k >= 0]
+    return data[: min(ends)] if ends else data[: 1 << 20]

@@ -1,0 +1,568 @@
+"""The :class:`Store`: users' Maildir++ trees, folders, durable delivery and change listeners."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from . import dovecot
+from .errors import InvalidMailboxName, InvalidUser, MailboxExists, MailboxNotFound, StoreError
+from .index import UserIndex
+from .mailbox import Mailbox, normalize_flags, validate_keywords
+from .maildir import (
+    LETTER_FLAGS,
+    WrittenMessage,
+    fsync_dir,
+    header_block,
+    make_maildir,
+    normalize_line_ends,
+    write_message,
+)
+from .names import DELIMITER, INBOX, folder_dirname, name_from_dirname, validate_name
+
+__all__ = ["Store", "MailboxInfo", "SPECIAL_USE", "Runner"]
+
+log = Logger()
+T = TypeVar("T")
+
+#: Runs a blocking callable off the reactor thread and fires with its result.
+Runner = Callable[[Callable[[], Any]], defer.Deferred]
+
+#: Folders made with every account and their RFC 6154 special-use attributes.
+SPECIAL_USE: dict[str, str] = {
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
+SUBSCRIPTIONS_FILE = "subscriptions"
+_WILDCARDS = "*%"
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInfo:
+    """One LIST entry.  ``name`` is the canonical Unicode name (``.`` delimiter); the IMAP layer
+    encodes it (modified UTF-7 or UTF-8).  ``selectable`` is False for a hierarchy level that only
+    exists because it has children (``\\Noselect``/``\\NonExistent``, RFC 5258 §3)."""
+
+    name: str
+    special_use: str | None
+    subscribed: bool
+    has_children: bool
+    selectable: bool = True
+
+
+def _default_runner(fn: Callable[[], T]) -> defer.Deferred:
+    from twisted.internet import threads
+
+    # deferToThread uses reactor.getThreadPool(): bounded (10 threads by default); the result fires
+    # on the reactor thread.
+    return threads.deferToThread(fn)
+
+
+def _check_user_part(part: str, what: str) -> None:
+    if (
+        not part
+        or len(part) > 255
+        or part in (".", "..")
+        or part.startswith(".")
+        or any(ord(c) < 0x20 or ord(c) == 0x7F or c in "/\\" for c in part)
+    ):
+        raise InvalidUser(f"invalid {what} in user name")
+
+
+class _UserState:
+    """Per-user shared state: the lock, the index, the open mailboxes."""
+
+    def __init__(self, store: Store, user: str, user_dir: Path) -> None:
+        self.store = store
+        self.user = user
+        self.dir = user_dir
+        self.lock = threading.RLock()
+        self._index: UserIndex | None = None
+        self.mailboxes: dict[str, Mailbox] = {}
+
+    @property
+    def index(self) -> UserIndex:
+        if self._index is None:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._index = UserIndex(self.dir)
+        return self._index
+
+    def notify(self, name: str) -> None:
+        self.store._notify(self.user, name)
+
+    def close(self) -> None:
+        with self.lock:
+            for mb in self.mailboxes.values():
+                try:
+                    mb.flush()
+                except Exception:  # noqa: BLE001 - closing must go on
+                    log.failure("mailsuite store: flushing {mb}", mb=mb)
+                mb._gone = True
+            self.mailboxes.clear()
+            if self._index is not None:
+                self._index.close()
+                self._index = None
+
+
+class Store:
+    """All users' mail under ``root`` (``<data_dir>/mail``).  One instance per process.
+
+    ``runner`` runs blocking delivery work off the reactor thread (default: ``deferToThread``,
+    i.e. the reactor's bounded thread pool); tests may pass ``lambda f: defer.execute(f)``.
+    """
+
+    def __init__(self, root: Path | str, *, runner: Runner | None = None) -> None:
+        self.root = Path(root)
+        self._runner: Runner = runner or _default_runner
+        self._lock = threading.RLock()
+        self._users: dict[str, _UserState] = {}
+        self._listeners: dict[tuple[str, str], list[Callable[[], object]]] = {}
+
+    # -- users --------------------------------------------------------------------------------
+
+    @staticmethod
+    def canonical_user(user: str) -> str:
+        """``"Alice@Example.ORG"`` -> ``"Alice@example.org"`` after validation (raises InvalidUser)."""
+        if not isinstance(user, str):
+            raise InvalidUser("user must be a string")
+        local, at, domain = user.rpartition("@")
+        if not at:
+            raise InvalidUser(f"user {user!r} has no domain")
+        domain = domain.lower()
+        _check_user_part(local, "local part")
+        _check_user_part(domain, "domain")
+        if "@" in local:
+            raise InvalidUser("'@' in local part")
+        return f"{local}@{domain}"
+
+    def user_dir(self, user: str) -> Path:
+        """``"alice@example.org"`` -> ``root/example.org/alice`` (validated: no ``/``, ``..``, NUL)."""
+        local, _, domain = self.canonical_user(user).rpartition("@")
+        return self.root / domain / local
+
+    def _state(self, user: str) -> _UserState:
+        key = self.canonical_user(user)
+        with self._lock:
+            st = self._users.get(key)
+            if st is None:
+                st = self._users[key] = _UserState(self, key, self.user_dir(key))
+            return st
+
+    def _make_user_files(self, udir: Path) -> list[str]:
+        """Create the Maildir++ tree; return the special folders that were newly created."""
+        created = [INBOX] if make_maildir(udir, subfolder=False) else []
+        for name in SPECIAL_USE:
+            if make_maildir(udir / folder_dirname(name), subfolder=True, sync_parent=False):
+                created.append(name)
+        if len(created) > (1 if created[:1] == [INBOX] else 0):
+            fsync_dir(udir)
+        return created
+
+    def create_user(self, user: str) -> None:
+        """Create the user's INBOX and the special-use folders (subscribed).  Idempotent: folders
+        that already exist keep their subscription state."""
+        st = self._state(user)
+        created = self._make_user_files(st.dir)
+        if created:
+            self._update_subscriptions(st, add=created)
+
+    def _ensure_user(self, st: _UserState) -> None:
+        if not (st.dir / "cur").is_dir():
+            self.create_user(st.user)
+
+    def usage(self, user: str) -> int:
+        """Bytes used by all the user's messages (IMAP QUOTA, RFC 9208 STORAGE)."""
+        total = 0
+        for info in self.list_mailboxes(user):
+            if info.selectable:
+                try:
+                    total += self.mailbox(user, info.name).total_size()
+                except MailboxNotFound:
+                    continue
+        return total
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    def _write_delivery(self, user: str, data: bytes, folder: str, flags: str) -> tuple[str, WrittenMessage]:
+        """File work of a delivery (any thread): returns the folder used and the written file."""
+        st = self._state(user)
+        name = validate_name(folder)
+        if any(c not in LETTER_FLAGS for c in flags):
+            raise ValueError(f"bad Maildir flag letters {flags!r}")
+        if not (st.dir / "cur").is_dir():
+            self.create_user(user)
+        fdir = st.dir / folder_dirname(name)
+        if name != INBOX and not (fdir / "cur").is_dir():
+            name, fdir = INBOX, st.dir
+        written = write_message(fdir, normalize_line_ends(data), flags or None)
+        return name, written
+
+    def deliver_sync(self, user: str, data: bytes, folder: str = INBOX, flags: str = "") -> str:
+        """Blocking, thread-safe delivery; returns the file name.  Does not touch the index (the
+        next :meth:`Mailbox.sync` finds the file).  ``flags`` are Maildir letters (``"S"``); with
+        flags the file goes to ``cur/``, else to ``new/``.  A missing folder means INBOX."""
+        return self._write_delivery(user, data, folder, flags)[1].filename
+
+    def deliver(self, user: str, data: bytes, folder: str = INBOX, flags: str = "") -> defer.Deferred:
+        """Durable delivery (SMTP: answer 250 only once this fires).  The file work (write, fsync,
+        link, directory fsync) runs through the runner; then, on the calling (reactor) thread, the
+        message is indexed and listeners are told.  Fires with the file name."""
+        try:
+            self.canonical_user(user)
+            validate_name(folder)
+        except (InvalidUser, InvalidMailboxName):
+            return defer.fail()
+        d = self._runner(lambda: self._write_delivery(user, data, folder, flags))
+        d.addCallback(lambda res: self._register_delivery(user, res[0], res[1], data))
+        return d
+
+    def _register_delivery(self, user: str, name: str, written: WrittenMessage, data: bytes) -> str:
+        st = self._state(user)
+        with st.lock:
+            header = normalize_line_ends(header_block(data))
+            mb = st.mailboxes.get(name)
+            try:
+                if mb is not None and not mb._gone:
+                    mb._register(written, header=header)
+                else:
+                    self._register_unloaded(st, name, written, header)
+            except Exception:  # noqa: BLE001 - the file is safe; the next sync indexes it
+                log.failure("mailsuite store: indexing delivered {f}", f=written.filename)
+        self._notify(st.user, name)
+        return written.filename
+
+    @staticmethod
+    def _register_unloaded(st: _UserState, name: str, written: WrittenMessage, header: bytes) -> None:
+        """Index a delivery into a folder nobody has open (only if the folder is indexed already;
+        otherwise its first open scans it)."""
+        from .mailbox import _flags_of, _letters_of
+        from .maildir import info_letters
+
+        idx = st.index
+        row = idx.get_folder(name)
+        if row is None:
+            return
+        base = written.base
+        if idx.db.execute("SELECT 1 FROM messages WHERE folder = ? AND name = ?", (row.id, base)).fetchone():
+            return
+        flags = _flags_of(info_letters(written.filename[len(base):]))
+        modseq = row.highestmodseq + 1
+        with idx.transaction():
+            idx.insert_messages(
+                row.id,
+                [(row.uidnext, base, written.subdir, written.filename[len(base):], _letters_of(flags), "", modseq,
+                  written.size, written.mtime, 1, header)],
+            )
+            idx.update_folder(row.id, uidnext=row.uidnext + 1, highestmodseq=modseq)
+
+    def append(
+        self,
+        user: str,
+        name: str,
+        data: bytes,
+        flags: tuple[str, ...] | frozenset[str] = (),
+        keywords: tuple[str, ...] | frozenset[str] = (),
+        internaldate: float | None = None,
+    ) -> defer.Deferred:
+        """IMAP APPEND with the file work in the runner's thread; fires with the new UID.
+
+        Raises (in the Deferred) MailboxNotFound (APPEND needs ``[TRYCREATE]``, RFC 3501 §6.3.11).
+        """
+        try:
+            mb = self.mailbox(user, name)
+            fset = normalize_flags(flags)
+            kset = validate_keywords(keywords)
+            with mb._lock:
+                letters = mb._letters_for(fset, kset) if (fset or kset) else None
+        except Exception:  # noqa: BLE001 - handed to the Deferred
+            return defer.fail()
+        data = normalize_line_ends(data)
+        d = self._runner(lambda: write_message(mb.dir, data, letters, mtime=internaldate))
+
+        def register(written: WrittenMessage) -> int:
+            with mb._lock:
+                mb._check_alive()
+                uid = mb._register(written, kset, header_block(data), internaldate)
+            mb._user.notify(mb.name)
+            return uid
+
+        d.addCallback(register)
+        return d
+
+    # -- mailboxes ----------------------------------------------------------------------------
+
+    def mailbox(self, user: str, name: str) -> Mailbox:
+        """The shared, synced :class:`Mailbox` for ``name`` (``INBOX`` case-insensitive).
+
+        Raises InvalidMailboxName or MailboxNotFound.  Opening INBOX creates a missing account tree.
+        """
+        name = validate_name(name)
+        st = self._state(user)
+        with st.lock:
+            mb = st.mailboxes.get(name)
+            if mb is None:
+                if name == INBOX:
+                    self._ensure_user(st)
+                fdir = st.dir / folder_dirname(name)
+                if not (fdir / "cur").is_dir():
+                    raise MailboxNotFound(name)
+                mb = Mailbox(st, name, fdir)
+                mb._open()
+                st.mailboxes[name] = mb
+                return mb
+        try:
+            mb.sync()
+        except MailboxNotFound:
+            with st.lock:
+                if st.mailboxes.get(name) is mb:
+                    del st.mailboxes[name]
+            raise
+        return mb
+
+    def _folder_names(self, st: _UserState) -> tuple[list[str], set[str]]:
+        """(all folder names incl. INBOX, the selectable ones) from the user's directory."""
+        names = [INBOX]
+        selectable = {INBOX}
+        try:
+            entries = list(os.scandir(st.dir))
+        except FileNotFoundError:
+            return names, selectable
+        for e in entries:
+            if not e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
+                continue
+            try:
+                name = name_from_dirname(e.name)
+            except InvalidMailboxName:
+                continue
+            names.append(name)
+            if os.path.isdir(os.path.join(e.path, "cur")):
+                selectable.add(name)
+        return names, selectable
+
+    def list_mailboxes(self, user: str) -> list[MailboxInfo]:
+        """Every folder (INBOX first, then by name), plus implied parents of nested folders
+        (``selectable=False``).  Creates a missing account tree."""
+        st = self._state(user)
+        self._ensure_user(st)
+        names, selectable = self._folder_names(st)
+        everything = set(names)
+        for n in names:
+            parts = n.split(DELIMITER)
+            for i in range(1, len(parts)):
+                everything.add(DELIMITER.join(parts[:i]))
+        subs = set(self._read_subscriptions(st))
+        parents = set()
+        for n in everything:
+            parts = n.split(DELIMITER)
+            for i in range(1, len(parts)):
+                parents.add(DELIMITER.join(parts[:i]))
+        out = [
+            MailboxInfo(n, SPECIAL_USE.get(n), n in subs, n in parents, n in selectable)
+            for n in everything
+        ]
+        out.sort(key=lambda i: (i.name != INBOX, i.name))
+        return out
+
+    def create_mailbox(self, user: str, name: str) -> str:
+        """CREATE (RFC 3501 §6.3.3): a trailing delimiter is dropped; returns the canonical name.
+
+        Raises MailboxExists (also for INBOX) or InvalidMailboxName (``*``/``%`` are refused).
+        """
+        if name.endswith(DELIMITER):
+            name = name[:-1]
+        name = validate_name(name)
+        if any(c in name for c in _WILDCARDS):
+            raise InvalidMailboxName("mailbox names may not contain * or %")
+        if name == INBOX:
+            raise MailboxExists(name)
+        st = self._state(user)
+        with st.lock:
+            self._ensure_user(st)
+            fdir = st.dir / folder_dirname(name)
+            if (fdir / "cur").is_dir():
+                raise MailboxExists(name)
+            make_maildir(fdir, subfolder=True)
+            st.index.delete_folder(name)  # a stale row would carry an old UIDVALIDITY
+            st.mailboxes.pop(name, None)
+        return name
+
+    def delete_mailbox(self, user: str, name: str) -> None:
+        """DELETE (RFC 3501 §6.3.4): removes the folder and its messages; children are kept.
+        INBOX cannot be deleted."""
+        name = validate_name(name)
+        if name == INBOX:
+            raise StoreError("INBOX cannot be deleted")
+        st = self._state(user)
+        with st.lock:
+            fdir = st.dir / folder_dirname(name)
+            if not fdir.is_dir():
+                raise MailboxNotFound(name)
+            mb = st.mailboxes.pop(name, None)
+            if mb is not None:
+                mb._gone = True
+            # Rename first (atomic: readers never see a half-deleted folder), then remove.
+            trash = st.dir / f"mailsuite-deleted-{uuid.uuid4().hex}"
+            os.rename(fdir, trash)
+            st.index.delete_folder(name)
+            shutil.rmtree(trash, ignore_errors=True)
+        self._notify(st.user, name)
+
+    def rename_mailbox(self, user: str, old: str, new: str) -> str:
+        """RENAME (RFC 3501 §6.3.5); children move along.  Renaming INBOX moves all its messages
+        into a new folder ``new`` and leaves INBOX empty (its children stay).  Returns the new name."""
+        old = validate_name(old)
+        new = validate_name(new)
+        if any(c in new for c in _WILDCARDS):
+            raise InvalidMailboxName("mailbox names may not contain * or %")
+        if new == INBOX:
+            raise MailboxExists(new)
+        st = self._state(user)
+        if old == INBOX:
+            self.create_mailbox(user, new)
+            src = self.mailbox(user, INBOX)
+            dest = self.mailbox(user, new)
+            src.move(src.uids(), dest)
+            return new
+        if new == old or new.startswith(old + DELIMITER):
+            raise InvalidMailboxName("cannot rename a mailbox into itself")
+        with st.lock:
+            names, _sel = self._folder_names(st)
+            moving = [n for n in names if n == old or n.startswith(old + DELIMITER)]
+            if not moving:
+                raise MailboxNotFound(old)
+            pairs = [(n, new + n[len(old):]) for n in moving]
+            for _n, target in pairs:
+                if (st.dir / folder_dirname(target)).exists():
+                    raise MailboxExists(target)
+            for n, target in pairs:
+                mb = st.mailboxes.pop(n, None)
+                if mb is not None:
+                    mb.flush()
+                    mb._gone = True
+                os.rename(st.dir / folder_dirname(n), st.dir / folder_dirname(target))
+                st.index.rename_folder(n, target)
+            subs = self._read_subscriptions(st)
+            renamed = {n: t for n, t in pairs}
+            if any(s in renamed for s in subs):
+                self._write_subscriptions(st, [renamed.get(s, s) for s in subs])
+        for n, target in pairs:
+            self._notify(st.user, n)
+            self._notify(st.user, target)
+        return new
+
+    # -- subscriptions (Dovecot's "subscriptions" file, one modified UTF-7 name per line) --------
+
+    def _read_subscriptions(self, st: _UserState) -> list[str]:
+        from .names import decode_mutf7
+
+        try:
+            lines = (st.dir / SUBSCRIPTIONS_FILE).read_text("utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        out: list[str] = []
+        for i, line in enumerate(lines):
+            if i == 0 and line.startswith("V\t"):
+                continue  # Dovecot v2 header
+            line = line.replace("\t", DELIMITER).strip()
+            if not line:
+                continue
+            try:
+                name = validate_name(decode_mutf7(line))
+            except InvalidMailboxName:
+                continue
+            if name not in out:
+                out.append(name)
+        return out
+
+    def _write_subscriptions(self, st: _UserState, names: list[str]) -> None:
+        from .names import encode_mutf7
+
+        st.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        dovecot.write_file_atomic(st.dir / SUBSCRIPTIONS_FILE, "".join(encode_mutf7(n) + "\n" for n in names))
+
+    def _update_subscriptions(self, st: _UserState, add: list[str] = (), remove: list[str] = ()) -> None:  # type: ignore[assignment]
+        with st.lock:
+            subs = self._read_subscriptions(st)
+            new = [s for s in subs if s not in remove] + [a for a in add if a not in subs]
+            if new != subs:
+                self._write_subscriptions(st, new)
+
+    def subscribe(self, user: str, name: str) -> None:
+        """SUBSCRIBE (RFC 3501 §6.3.6); the mailbox need not exist."""
+        self._update_subscriptions(self._state(user), add=[validate_name(name)])
+
+    def unsubscribe(self, user: str, name: str) -> None:
+        """UNSUBSCRIBE (RFC 3501 §6.3.7)."""
+        self._update_subscriptions(self._state(user), remove=[validate_name(name)])
+
+    def subscriptions(self, user: str) -> list[str]:
+        """Subscribed names (existing or not: LSUB lists both, RFC 3501 §6.3.9)."""
+        return self._read_subscriptions(self._state(user))
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    def add_listener(self, user: str, name: str, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` after every change made through this Store to that folder (delivery,
+        append, flags, expunge, copy/move, a sync that found outside changes, delete/rename)."""
+        key = (self.canonical_user(user), validate_name(name))
+        with self._lock:
+            self._listeners.setdefault(key, []).append(callback)
+
+    def remove_listener(self, user: str, name: str, callback: Callable[[], object]) -> None:
+        key = (self.canonical_user(user), validate_name(name))
+        with self._lock:
+            cbs = self._listeners.get(key, [])
+            if callback in cbs:
+                cbs.remove(callback)
+            if not cbs:
+                self._listeners.pop(key, None)
+
+    def _notify(self, user: str, name: str) -> None:
+        with self._lock:
+            cbs = list(self._listeners.get((user, name), ()))
+        for cb in cbs:
+            try:
+                cb()
+            except Exception:  # noqa: BLE001 - one bad listener must not break the others
+                log.failure("mailsuite store: listener {cb} failed", cb=cb)
+
+    # -- export / shutdown --------------------------------------------------------------------
+
+    def export_dovecot(self, user: str) -> list[str]:
+        """Write ``dovecot-uidlist`` (and ``dovecot-keywords``) in every folder from our index, so the
+        account can move to Dovecot keeping UIDs.  Returns the folders written.  While mailsuite keeps
+        running these files go stale; they are meant for leaving."""
+        done = []
+        for info in self.list_mailboxes(user):
+            if not info.selectable:
+                continue
+            mb = self.mailbox(user, info.name)
+            with mb._lock:
+                records = [(m.uid, m.name) for m in mb._msgs.values()]
+                dovecot.write_file_atomic(
+                    mb.dir / dovecot.UIDLIST, dovecot.format_uidlist(mb.uidvalidity, mb.uidnext, records)
+                )
+                if any(mb._kwtable):
+                    dovecot.write_file_atomic(mb.dir / dovecot.KEYWORDS, dovecot.format_keywords(mb._kwtable))
+            done.append(info.name)
+        return done
+
+    def close(self) -> None:
+        """Flush caches and close every index (the Store can be reopened with a new instance)."""
+        with self._lock:
+            states = list(self._users.values())
+            self._users.clear()
+        for st in states:
+            st.close()
