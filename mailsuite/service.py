@@ -166,6 +166,7 @@ class MailService(service.MultiService):
     def startService(self) -> None:
         super().startService()
         assert self.ctx is not None
+        self.ctx.store.clean_stale_tmp()   # DESIGN §3: stale tmp/ files (a crash mid-delivery) go at start
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.ctx.tls.reload))
         self._banner()
@@ -191,7 +192,13 @@ class MailService(service.MultiService):
     def stopService(self) -> defer.Deferred:
         stopping = [defer.maybeDeferred(port.stopListening) for _n, _d, port in self.ports]
         self.ports = []
-        return defer.gatherResults(stopping + [defer.maybeDeferred(super().stopService)])
+        done = defer.gatherResults(stopping + [defer.maybeDeferred(super().stopService)])
+
+        def close_store(result: object) -> object:
+            if self.ctx is not None:
+                self.ctx.store.close()   # writes the cached headers back to the index
+            return result
+        return done.addBoth(close_store)
 
 
 def config_path(explicit: str | None) -> str | None:

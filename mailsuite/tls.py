@@ -18,8 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
-from twisted.internet import ssl as tssl
+from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -82,7 +81,8 @@ def make_self_signed(cert_path: Path, key_path: Path, names: list[str]) -> None:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _load_chain(cert_path: Path, key_path: Path) -> tuple[tssl.PrivateCertificate, list[tssl.Certificate]]:
+def _load_chain(cert_path: Path, key_path: Path) -> tuple[list[x509.Certificate], Any]:
+    """The certificate chain (leaf first) and private key, as cryptography objects."""
     try:
         pem = cert_path.read_bytes()
     except OSError as exc:
@@ -91,19 +91,17 @@ def _load_chain(cert_path: Path, key_path: Path) -> tuple[tssl.PrivateCertificat
         key_pem = key_path.read_bytes()
     except OSError as exc:
         raise TLSError(f"{key_path}: cannot read private key: {exc.strerror}") from None
-    blocks = [b"-----BEGIN CERTIFICATE-----" + part for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
-    if not blocks:
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
         raise TLSError(f"{cert_path}: no PEM certificate found")
     try:
-        chain = [tssl.Certificate.loadPEM(block) for block in blocks]
-    except Exception as exc:
+        chain = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
         raise TLSError(f"{cert_path}: invalid certificate: {exc}") from None
     try:
-        key = tssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
-    except Exception as exc:
-        raise TLSError(f"{key_path}: invalid private key: {exc}") from None
-    leaf = tssl.PrivateCertificate.fromCertificateAndKeyPair(chain[0], key)
-    return leaf, chain[1:]
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise TLSError(f"{key_path}: invalid or encrypted private key: {exc}") from None
+    return chain, key
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -138,16 +136,21 @@ class TLSManager:
         return not self._configured
 
     def _build(self) -> SSL.Context:
-        leaf, extra = _load_chain(self.cert_path, self.key_path)
-        options = tssl.CertificateOptions(
-            privateKey=leaf.privateKey.original, certificate=leaf.original,
-            extraCertChain=[c.original for c in extra],
-            raiseMinimumTo=tssl.TLSVersion.TLSv1_2,
-            acceptableCiphers=tssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS))
+        chain, key = _load_chain(self.cert_path, self.key_path)
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)       # no SSLv3, TLS 1.0, TLS 1.1
+        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_SINGLE_ECDH_USE)
+        context.set_cipher_list(CIPHERS.encode())
+        context.set_mode(SSL.MODE_RELEASE_BUFFERS)
         try:
-            return options.getContext()
+            context.use_certificate(chain[0])
+            for extra in chain[1:]:
+                context.add_extra_chain_cert(extra)
+            context.use_privatekey(key)
+            context.check_privatekey()
         except SSL.Error as exc:
             raise TLSError(f"{self.cert_path}: certificate and key {self.key_path} do not match: {exc}") from None
+        return context
 
     def reload(self) -> bool:
         """Re-read certificate and key; keep the old context (and log why) if the new files are bad."""

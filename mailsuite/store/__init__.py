@@ -39,7 +39,8 @@ API summary::
     store.add_listener(user, name, cb) / remove_listener(...)   # cb() after each change
     store.usage(user)                                # bytes, for QUOTA
     store.export_dovecot(user)                       # write dovecot-uidlist files (leaving for Dovecot)
-    store.close()
+    store.clean_stale_tmp()                          # at server start: tmp/ files older than 36 h
+    store.close()                                    # at shutdown: flush header cache, close indexes
 
     mb = store.mailbox(user, "INBOX")                # shared instance, synced; MailboxNotFound
     mb.uidvalidity, mb.uidnext, mb.highestmodseq

@@ -99,6 +99,8 @@ class UserIndex:
     # -- opening -------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: a UID handed to a client must survive a power cut together with its file.

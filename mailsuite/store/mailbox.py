@@ -38,7 +38,6 @@ from .maildir import (
     make_suffix,
     normalize_line_ends,
     read_header_block,
-    split_filename,
     unique_base,
     write_message,
 )
@@ -157,6 +156,11 @@ class MessageInfo(NamedTuple):
         return Path(self.folder_dir, self.subdir, self.filename)
 
     @property
+    def fspath(self) -> str:
+        """``path`` as a plain string (cheaper than building a Path)."""
+        return f"{self.folder_dir}/{self.subdir}/{self.filename}"
+
+    @property
     def suffix(self) -> str:
         return self.filename[len(self.name) :]
 
@@ -188,7 +192,8 @@ class Mailbox:
         self.highestmodseq = 1
         self._kwtable: list[str | None] = []
         self._kwletter: dict[str, str] = {}
-        self._suffix_cache: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        #: suffix -> (flags, keywords) and (flags, keywords, old letters) -> letters; depends on _kwtable
+        self._suffix_cache: dict = {}
         self._state: dict[str, tuple[int, int]] = {"new": (0, 0), "cur": (0, 0)}
 
     # -- opening ------------------------------------------------------------------------------
@@ -516,7 +521,7 @@ class Mailbox:
         """Open the message file for reading (binary).  Raises :class:`MessageNotFound`."""
         with self._lock:
             self._check_alive()
-            _m, f = self._with_file(uid, lambda m: open(m.path, "rb"))
+            _m, f = self._with_file(uid, lambda m: open(m.fspath, "rb"))
         if f is None:
             raise MessageNotFound(uid)
         return f  # type: ignore[return-value]
@@ -550,7 +555,7 @@ class Mailbox:
                     continue
 
                 def read(m: MessageInfo) -> bytes:
-                    with open(m.path, "rb") as f:
+                    with open(m.fspath, "rb") as f:
                         return read_header_block(f)
 
                 _m, header = self._with_file(u, read)
@@ -576,14 +581,24 @@ class Mailbox:
                     self._flush_headers()
 
     def status(self) -> dict[str, int]:
-        """Counters for IMAP STATUS (RFC 3501 §6.3.10, RFC 7162 §3.1.7)."""
+        """Counters for IMAP STATUS (RFC 3501 §6.3.10; HIGHESTMODSEQ RFC 7162 §3.1.7; SIZE RFC 8438;
+        DELETED RFC 9051 §6.3.11), in one pass over the messages."""
         with self._lock:
+            unseen = recent = deleted = 0
+            for m in self._msgs.values():
+                if "\\Seen" not in m.flags:
+                    unseen += 1
+                if "\\Deleted" in m.flags:
+                    deleted += 1
+                if m.recent:
+                    recent += 1
             return {
                 "MESSAGES": len(self._msgs),
-                "RECENT": self.recent_count(),
+                "RECENT": recent,
                 "UIDNEXT": self.uidnext,
                 "UIDVALIDITY": self.uidvalidity,
-                "UNSEEN": self.unseen_count(),
+                "UNSEEN": unseen,
+                "DELETED": deleted,
                 "HIGHESTMODSEQ": self.highestmodseq,
                 "SIZE": self._total_size,
             }
@@ -608,7 +623,7 @@ class Mailbox:
                 if m.subdir == "new":
                     fn = m.name + make_suffix(info_letters(m.suffix))
                     try:
-                        os.rename(m.path, os.path.join(self._dir_str, "cur", fn))
+                        os.rename(m.fspath, f"{self._dir_str}/cur/{fn}")
                     except FileNotFoundError:
                         self._msgs[u] = m._replace(recent=False)
                         continue
@@ -651,6 +666,13 @@ class Mailbox:
 
     def _letters_for(self, flags: frozenset[str], keywords: frozenset[str], old_suffix: str = "") -> str:
         """Info letters for flags+keywords, keeping letters we do not manage (e.g. ``P`` passed)."""
+        key = (flags, keywords, old_suffix[3:] if old_suffix.startswith(":2,") else "")
+        cached = self._suffix_cache.get(key)  # type: ignore[call-overload]
+        if cached is None:
+            cached = self._suffix_cache[key] = self._compute_letters(flags, keywords, old_suffix)  # type: ignore[index]
+        return cached  # type: ignore[return-value]
+
+    def _compute_letters(self, flags: frozenset[str], keywords: frozenset[str], old_suffix: str) -> str:
         letters = [FLAG_LETTERS[f] for f in flags]
         for kw in keywords:
             letter = self._keyword_letter(kw, assign=True)
@@ -684,6 +706,7 @@ class Mailbox:
         fset = normalize_flags(flags)
         kset = validate_keywords(keywords)
         changed_msgs: list[MessageInfo] = []
+        pending: list[tuple[MessageInfo, str, frozenset[str], frozenset[str]]] = []
         failed: list[int] = []
 
         def compute(m: MessageInfo) -> tuple[frozenset[str], frozenset[str]]:
@@ -712,7 +735,7 @@ class Mailbox:
                     nf, nk = compute(m)
                     fn = m.name + make_suffix(self._letters_for(nf, nk, m.suffix))
                     if (m.subdir, m.filename) != ("cur", fn):
-                        os.rename(m.path, os.path.join(self._dir_str, "cur", fn))
+                        os.rename(m.fspath, f"{self._dir_str}/cur/{fn}")
                     return fn, nf, nk
 
                 m2, res = self._with_file(uid, rename)
@@ -721,10 +744,13 @@ class Mailbox:
                 fn, nf, nk = res  # type: ignore[misc]
                 if nf == m2.flags and nk == m2.keywords and (m2.subdir, m2.filename) == ("cur", fn):
                     continue
-                changed_msgs.append(m2._replace(subdir="cur", filename=fn, flags=nf, keywords=nk))
-            if changed_msgs:
+                pending.append((m2, fn, nf, nk))
+            if pending:
                 modseq = self.highestmodseq + 1
-                changed_msgs = [m._replace(modseq=modseq) for m in changed_msgs]
+                changed_msgs = [
+                    MessageInfo(m.uid, m.name, nf, nk, modseq, m.size, m.internaldate, m.recent, "cur", fn, m.folder_dir)
+                    for m, fn, nf, nk in pending
+                ]
                 fields = self._own_end(before)
                 fields["highestmodseq"] = modseq
                 with self._index.transaction():
@@ -747,7 +773,7 @@ class Mailbox:
         before = self._own_begin()
         gone: list[int] = []
         for uid in uids:
-            m, ok = self._with_file(uid, lambda m: os.unlink(m.path) or True)
+            m, ok = self._with_file(uid, lambda m: os.unlink(m.fspath) or True)
             if m is not None or uid in self._msgs:
                 gone.append(uid)
         gone = sorted(set(gone))
@@ -912,13 +938,13 @@ def _link_or_copy(m: MessageInfo, dest_dir: Path, letters: str) -> WrittenMessag
         base = unique_base(m.size)
         dst = dest_dir / "cur" / (base + suffix)
         try:
-            os.link(m.path, dst)
+            os.link(m.fspath, dst)
         except FileExistsError:
             continue
         except FileNotFoundError:
             raise
         except OSError:
-            with open(m.path, "rb") as f:
+            with open(m.fspath, "rb") as f:
                 data = f.read()
             return write_message(dest_dir, data, letters, mtime=m.internaldate)
         return WrittenMessage(base + suffix, "cur", m.size, m.internaldate)

@@ -36,6 +36,7 @@ __all__ = [
     "fsync_dir",
     "make_maildir",
     "clean_tmp",
+    "STALE_TMP_SECONDS",
     "read_header_block",
     "header_block",
     "normalize_line_ends",
@@ -290,7 +291,8 @@ def header_block(data: bytes) -> bytes:
         return b"\r\n"
     if data.startswith(b"\n"):
         return b"\n"
-    i = data.find(b"\r\n\r\n")
-    j = data.find(b"\n\n")
+    limit = 1 << 20
+    i = data.find(b"\r\n\r\n", 0, limit)
+    j = data.find(b"\n\n", 0, i + 2 if i >= 0 else limit)  # bounded: no scan of a whole big CRLF body
     ends = [k + 4 for k in (i,) if k >= 0] + [k + 2 for k in (j,) if k >= 0]
-    return data[: min(ends)] if ends else data[: 1 << 20]
+    return data[: min(ends)] if ends else data[:limit]

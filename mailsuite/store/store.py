@@ -20,6 +20,8 @@ from .index import UserIndex
 from .mailbox import Mailbox, normalize_flags, validate_keywords
 from .maildir import (
     LETTER_FLAGS,
+    STALE_TMP_SECONDS,
+    clean_tmp,
     WrittenMessage,
     fsync_dir,
     header_block,
@@ -538,12 +540,33 @@ class Store:
             except Exception:  # noqa: BLE001 - one bad listener must not break the others
                 log.failure("mailsuite store: listener {cb} failed", cb=cb)
 
-    # -- export / shutdown --------------------------------------------------------------------
+    # -- maintenance / export / shutdown ------------------------------------------------------
+
+    def clean_stale_tmp(self, max_age: float = STALE_TMP_SECONDS) -> int:
+        """Remove leftovers of crashed deliveries (tmp/ files older than 36 h) in every folder of
+        every user; returns how many.  Meant for server start (folders opened later are cleaned on
+        their first open anyway).  Blocking."""
+        removed = 0
+        try:
+            domains = [d for d in os.scandir(self.root) if d.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return 0
+        for domain in domains:
+            for udir in os.scandir(domain.path):
+                if not udir.is_dir(follow_symlinks=False) or udir.name.startswith("."):
+                    continue
+                removed += clean_tmp(Path(udir.path), max_age)
+                for sub in os.scandir(udir.path):
+                    if sub.name.startswith(".") and sub.is_dir(follow_symlinks=False):
+                        removed += clean_tmp(Path(sub.path), max_age)
+        return removed
+
 
     def export_dovecot(self, user: str) -> list[str]:
         """Write ``dovecot-uidlist`` (and ``dovecot-keywords``) in every folder from our index, so the
-        account can move to Dovecot keeping UIDs.  Returns the folders written.  While mailsuite keeps
-        running these files go stale; they are meant for leaving."""
+        account can move to Dovecot keeping UIDs.  Returns the folders written.  Run it with the server
+        stopped (it opens the index) and switch right after: while mailsuite keeps running these files
+        go stale, and an index rebuild would import them again."""
         done = []
         for info in self.list_mailboxes(user):
             if not info.selectable:

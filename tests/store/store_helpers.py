@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from twisted.internet import defer
 from twisted.python.failure import Failure
-
-from mailsuite.store import Store
 
 USER = "alice@example.org"
 

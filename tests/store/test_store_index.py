@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailsuite.store import Store
 from mailsuite.store.index import INDEX_FILE
@@ -306,3 +308,79 @@ def test_change_in_same_timestamp_tick_is_found(store: Store, monkeypatch, eager
     assert len(mb) == 3
     # Now the scan is settled (the mtime is old): nothing more to do, no listing.
     assert mb.sync() is False
+
+
+def test_header_cache_persisted_on_close(store: Store, reopen) -> None:
+    _deliver(store, 3)
+    store.close()
+    s2 = reopen()
+    mb = s2.mailbox(USER, "INBOX")
+    db = mb._index.db
+    db.execute("UPDATE messages SET header = NULL")  # as for messages found by a scan
+    assert mb.header_bytes(2) == make_message(1).split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    s2.close()
+    check = sqlite3.connect(store.user_dir(USER) / INDEX_FILE)
+    rows = dict(check.execute("SELECT uid, header FROM messages"))
+    check.close()
+    assert rows[2] is not None and rows[1] is None
+
+
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["add", "delete", "flags", "to_cur", "sync", "store_flags"]), st.integers(0, 50),
+              st.sampled_from(["", "S", "FS", "RT", "DS"])),
+    max_size=25,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_OPS)
+def test_sync_property_outside_changes(ops) -> None:
+    """Any mix of outside changes and our own: after sync() the index is exactly the directory, and a
+    file that survives keeps its UID; new files get UIDs above every UID seen before."""
+    import tempfile
+
+    from mailsuite.store.maildir import LETTER_FLAGS
+
+    from .store_helpers import inline_runner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "mail", runner=inline_runner)
+        try:
+            store.create_user(USER)
+            udir = store.user_dir(USER)
+            mb = store.mailbox(USER, "INBOX")
+            uid_of: dict[str, int] = {}
+            max_uid = 0
+            for op, n, letters in ops:
+                files = sorted((sub, f) for sub in ("new", "cur") for f in os.listdir(udir / sub))
+                pick = files[n % len(files)] if files else None
+                if op == "add":
+                    store.deliver_sync(USER, make_message(n))
+                elif op == "delete" and pick:
+                    os.unlink(udir / pick[0] / pick[1])
+                elif op in ("flags", "to_cur") and pick:
+                    base = pick[1].split(":", 1)[0]
+                    os.rename(udir / pick[0] / pick[1], udir / "cur" / f"{base}:2,{letters}")
+                elif op == "store_flags" and len(mb):
+                    uid = mb.uids()[n % len(mb)]
+                    mb.set_flags([uid], [LETTER_FLAGS[c] for c in letters], mode="=")
+                else:
+                    mb.sync()
+                mb.sync()
+                on_disk = {f for sub in ("new", "cur") for f in os.listdir(udir / sub)}
+                msgs = mb.messages()
+                assert {m.filename for m in msgs} == on_disk
+                seen_max = max_uid
+                for m in msgs:
+                    if m.name in uid_of:
+                        assert uid_of[m.name] == m.uid  # survivors keep their UID
+                    else:
+                        assert m.uid > seen_max  # UIDs are never reused
+                        uid_of[m.name] = m.uid
+                    max_uid = max(max_uid, m.uid)
+                    letters_now = m.filename.split(":2,")[1] if ":2," in m.filename else ""
+                    assert m.flags == {LETTER_FLAGS[c] for c in letters_now if c in LETTER_FLAGS}
+                assert [m.uid for m in msgs] == sorted(m.uid for m in msgs)
+                assert mb.uidnext > max_uid
+        finally:
+            store.close()

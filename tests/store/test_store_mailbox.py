@@ -147,8 +147,10 @@ def test_claim_recent_once(store: Store, inbox) -> None:
 
 def test_status_and_usage(store: Store, inbox) -> None:
     inbox.set_flags([1], ["\\Seen"])
+    inbox.set_flags([2, 3], ["\\Deleted"])
     st = inbox.status()
     assert st["MESSAGES"] == 5 and st["UNSEEN"] == 4 and st["RECENT"] == 5 and st["UIDNEXT"] == 6
+    assert st["DELETED"] == 2 and st["UIDVALIDITY"] == inbox.uidvalidity
     total = sum(m.size for m in inbox.messages())
     assert store.usage(USER) == total
     store.mailbox(USER, "Sent").append(b"Subject: x\r\n\r\n12345")
@@ -256,3 +258,15 @@ def test_expunge_after_outside_rename_does_not_resurrect(store: Store, inbox) ->
     time.sleep(0)  # no waiting needed: the next sync must not bring it back
     inbox.sync()
     assert 2 not in inbox.uids() and len(inbox) == 4
+
+
+def test_list_ignores_non_folders(store: Store) -> None:
+    udir = store.user_dir(USER)
+    (udir / ".Bad&x" / "cur").mkdir(parents=True)  # not valid modified UTF-7
+    (udir / ".inbox.x" / "cur").mkdir(parents=True)  # not the canonical directory of INBOX.x
+    (udir / ".hidden-file").write_text("x")
+    (udir / "mailsuite-deleted-123").mkdir()
+    names = [i.name for i in store.list_mailboxes(USER)]
+    assert names == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
+    store.mailbox(USER, "INBOX")
+    assert (udir / "mailsuite-index.sqlite").stat().st_mode & 0o777 == 0o600
