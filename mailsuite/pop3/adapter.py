@@ -1,0 +1,319 @@
+"""The POP3 adapter: a thin twisted Protocol around ``Pop3Engine`` that runs its actions.
+
+``build_factory(ctx, service)`` serves ``pop3`` (110, STLS) and ``pop3s`` (995; service.py wraps the factory
+in TLS).  The adapter writes replies, starts TLS, checks passwords through ``ctx.accounts``, holds the
+per-user POP3 lock, streams messages from the store through a producer and the dot-stuffer, and removes the
+messages marked with DELE at QUIT.  Protocol decisions stay in the engine.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import weakref
+from collections import deque
+from typing import Any, BinaryIO, Callable
+
+from twisted.internet import defer, interfaces
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
+
+from .dotstuff import DotStuffer
+from .engine import (Authenticate, Close, CommitDeletions, EngineConfig, Event, OpenMaildrop, Pop3Engine, Reply,
+                     SendMessage, StartTLS)
+from .maildrop import Maildrop
+
+__all__ = ["build_factory", "Pop3Protocol", "Pop3Factory"]
+
+log = Logger()
+
+#: bytes read from a message file per producer step
+CHUNK = 64 * 1024
+#: pause reading from a client that pipelines this much while an action runs
+MAX_BUFFERED = 64 * 1024
+
+# one POP3 lock set per store object (RFC 1939 §8: one session per maildrop), shared by 110 and 995
+_LOCKS: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()
+
+
+def _locks(store: Any) -> set[str]:
+    """The users whose maildrop a POP3 session holds, for this store."""
+    return _LOCKS.setdefault(store, set())
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ::ffff:127.x.y.z (the loopback exemption of DESIGN §4)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+@implementer(interfaces.IPullProducer)
+class _MessageSender:
+    """Streams one message file through a DotStuffer to the transport, one chunk per ``resumeProducing``."""
+
+    def __init__(self, transport: Any, handle: BinaryIO, stuffer: DotStuffer, progress: Any) -> None:
+        self.transport, self.handle, self.stuffer, self.progress = transport, handle, stuffer, progress
+        self.deferred: defer.Deferred = defer.Deferred()
+
+    def start(self) -> defer.Deferred:
+        self.transport.registerProducer(self, False)
+        return self.deferred
+
+    def resumeProducing(self) -> None:
+        if self.deferred.called:
+            return
+        try:
+            chunk = self.handle.read(CHUNK)
+        except OSError as exc:
+            self._end(exc)
+            return
+        self.progress()         # a slow reader of a big message is not idle
+        if chunk:
+            data = self.stuffer.feed(chunk)
+            if data:
+                self.transport.write(data)
+        if not chunk or self.stuffer.done:
+            self.transport.write(self.stuffer.finish())
+            self._end(None)
+
+    def stopProducing(self) -> None:
+        self._end(ConnectionError("connection lost while sending a message"))
+
+    def _end(self, error: BaseException | None) -> None:
+        if self.deferred.called:
+            return
+        self.handle.close()
+        self.transport.unregisterProducer()
+        if error is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(error)
+
+
+class Pop3Protocol(Protocol, TimeoutMixin):
+    """One POP3 connection."""
+
+    def __init__(self, factory: "Pop3Factory") -> None:
+        self.factory = factory
+        self.ctx = factory.ctx
+        self.engine: Pop3Engine | None = None
+        self.peer = "?"
+        self.maildrop: Maildrop | None = None
+        self.locked_user: str | None = None
+        self._events: deque[Event] = deque()
+        self._running = False
+        self._gone = False
+        self._paused = False
+        self._sender: _MessageSender | None = None
+
+    # -- connection --------------------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        try:
+            self.transport.setTcpNoDelay(True)     # replies are small and pipelined: send them at once
+        except (AttributeError, OSError):          # not TCP (a unix socket)
+            pass
+        self.peer = getattr(self.transport.getPeer(), "host", "?")
+        settings = self.ctx.settings
+        implicit = self.factory.service == "pop3s"
+        plain_ok = bool(settings.auth.allow_plaintext_loopback) and _is_loopback(self.peer)
+        self.engine = Pop3Engine(EngineConfig(
+            tls_active=implicit,
+            tls_available=self.ctx.tls is not None,
+            plaintext_allowed=plain_ok,
+            max_auth_failures=settings.auth.max_failures,
+            mark_seen_on_retr=bool(getattr(settings.pop3, "mark_seen_on_retr", True)),
+        ))
+        self.setTimeout(float(getattr(settings.pop3, "timeout", 600.0)))
+        self._handle(self.engine.greeting())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.engine is None or self._gone:
+            return
+        self.resetTimeout()
+        self._handle(self.engine.receive_data(data))
+        self._flow_control()
+
+    def timeoutConnection(self) -> None:
+        if self.engine is not None and self._sender is None:
+            self._handle(self.engine.timeout())
+        else:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # RFC 1939 §6: a connection that ends without QUIT never enters the UPDATE state: nothing is removed
+        self._gone = True
+        self.setTimeout(None)
+        self._events.clear()
+        if self._sender is not None:
+            self._sender.stopProducing()
+        self._unlock()
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    def _handle(self, events: list[Event]) -> None:
+        """Run events in order; results of synchronous actions queue their events behind."""
+        self._events.extend(events)
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self._events and not self._gone:
+                self._run(self._events.popleft())
+        finally:
+            self._running = False
+
+    def _run(self, event: Event) -> None:
+        assert self.engine is not None
+        if isinstance(event, Reply):
+            self.transport.write(event.data)
+        elif isinstance(event, StartTLS):
+            # RFC 2595 §4: the engine has dropped everything the client sent after STLS
+            self.transport.startTLS(self.ctx.tls.server_options())
+        elif isinstance(event, Close):
+            self._events.clear()
+            self.setTimeout(None)
+            self._unlock()          # the session is over (QUIT, autologout, too many failures)
+            self.transport.loseConnection()
+        elif isinstance(event, Authenticate):
+            self._authenticate(event)
+        elif isinstance(event, OpenMaildrop):
+            self._open_maildrop(event)
+        elif isinstance(event, SendMessage):
+            self._send_message(event)
+        elif isinstance(event, CommitDeletions):
+            self._commit(event)
+
+    def _feed(self, events: list[Event]) -> None:
+        """Hand the events following an action result to ``_handle``, unless the client is gone."""
+        if not self._gone:
+            self._handle(events)
+            self._flow_control()
+
+    def _flow_control(self) -> None:
+        """Stop reading while a pipelining client has a lot of input waiting behind a pending action."""
+        if self.engine is None or self._gone:
+            return
+        want_pause = self.engine.busy and self.engine.buffered > MAX_BUFFERED
+        if want_pause and not self._paused:
+            self.transport.pauseProducing()
+            self._paused = True
+        elif not want_pause and self._paused:
+            self.transport.resumeProducing()
+            self._paused = False
+
+    # -- actions -----------------------------------------------------------------------------------------
+
+    def _authenticate(self, event: Authenticate) -> None:
+        assert self.engine is not None
+        engine = self.engine
+        # Accounts.authenticate hashes in a thread, logs the fail2ban line and delays failures
+        d = defer.maybeDeferred(self.ctx.accounts.authenticate, event.user, event.password, service="pop3",
+                                ip=self.peer)
+
+        def broken(failure: Any) -> None:
+            log.failure("POP3: password check failed", failure)
+            return None
+
+        d.addErrback(broken)
+        d.addCallback(lambda user: self._feed(engine.auth_result(user)))
+
+    def _open_maildrop(self, event: OpenMaildrop) -> None:
+        assert self.engine is not None
+        engine = self.engine
+        locks = _locks(self.ctx.store)
+        if event.user in locks:
+            # RFC 2449 §8.1.1 IN-USE: another POP3 session holds this maildrop (IMAP and delivery go on)
+            self._handle(engine.maildrop_failed(True))
+            return
+        locks.add(event.user)
+        self.locked_user = event.user
+        self.maildrop = self.factory.maildrop_factory(self.ctx.store, event.user)
+        d = defer.maybeDeferred(self.maildrop.open)
+
+        def opened(entries: Any) -> None:
+            log.info("pop3 login: user={user} ip={ip} messages={count}", user=event.user, ip=self.peer,
+                     count=len(entries))
+            self._feed(engine.maildrop_opened(entries))
+
+        def failed(failure: Any) -> None:
+            log.failure("POP3: cannot open the maildrop of {user}", failure, user=event.user)
+            self._unlock()
+            self._feed(engine.maildrop_failed(False))
+
+        d.addCallbacks(opened, failed)
+
+    def _send_message(self, event: SendMessage) -> None:
+        assert self.engine is not None and self.maildrop is not None
+        engine, maildrop = self.engine, self.maildrop
+        try:
+            handle = maildrop.open_message(event.key)
+        except (OSError, LookupError):
+            self._handle(engine.message_failed())
+            return
+        self.transport.write(event.ok_line)
+        # RFC 1939 §5 RETR / §7 TOP: streamed (no whole copy in memory), dot-stuffed across chunks
+        self._sender = _MessageSender(self.transport, handle, DotStuffer(event.body_lines), self.resetTimeout)
+
+        def sent(_: Any) -> None:
+            self._sender = None
+            if event.mark_seen:
+                try:
+                    maildrop.mark_seen(event.key)
+                except Exception:
+                    log.failure("POP3: cannot set \\Seen on {key}", key=event.key)
+            self._feed(engine.message_sent())
+
+        def broken(failure: Any) -> None:
+            self._sender = None
+            if not self._gone:
+                # part of the message is out: the only safe way on is to drop the connection
+                log.failure("POP3: error while sending {key}", failure, key=event.key)
+                self.transport.abortConnection()
+
+        self._sender.start().addCallbacks(sent, broken)
+
+    def _commit(self, event: CommitDeletions) -> None:
+        """RFC 1939 §6 UPDATE: remove the marked messages through the store (IMAP sees them go)."""
+        assert self.engine is not None and self.maildrop is not None
+        engine = self.engine
+        d = defer.maybeDeferred(self.maildrop.remove, event.keys)
+
+        def failed(failure: Any) -> bool:
+            log.failure("POP3: cannot remove messages of {user}", failure, user=event.user)
+            return False
+
+        def finish(ok: Any) -> None:
+            self._unlock()
+            self._feed(engine.update_done(bool(ok)))
+
+        d.addErrback(failed)
+        d.addCallback(finish)
+
+    def _unlock(self) -> None:
+        if self.locked_user is not None:
+            _locks(self.ctx.store).discard(self.locked_user)
+            self.locked_user = None
+
+
+class Pop3Factory(ServerFactory):
+    noisy = False
+    def __init__(self, ctx: Any, service: str, maildrop_factory: Callable[[Any, str], Maildrop] | None = None) -> None:
+        self.ctx, self.service = ctx, service
+        if maildrop_factory is None:
+            from .maildrop import InboxMaildrop
+            maildrop_factory = InboxMaildrop
+        self.maildrop_factory = maildrop_factory
+
+    def buildProtocol(self, addr: Any) -> Pop3Protocol:
+        return Pop3Protocol(self)
+
+
+def build_factory(ctx: Any, service: str) -> Pop3Factory:
+    """The factory for listener ``service`` (``pop3`` with STLS, ``pop3s`` wrapped in TLS by service.py)."""
+    return Pop3Factory(ctx, service)

@@ -1,0 +1,280 @@
+"""The POP3 adapter over an in-memory transport: actions run, locks, streaming, STLS, timeouts."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from mailsuite.config import default_settings, parse_settings
+from mailsuite.pop3.adapter import CHUNK, Pop3Factory
+from mailsuite.pop3.engine import DropEntry
+
+PASSWORDS = {"alice@example.org": "secret", "bob@example.org": "pw"}
+
+
+class FakeAccounts:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, str]] = []
+
+    def authenticate(self, login: str, password: str, *, service: str, ip: str) -> defer.Deferred:
+        self.calls.append((login, password, service, ip))
+        return defer.succeed(login if PASSWORDS.get(login) == password else None)
+
+
+class FakeTLS:
+    def server_options(self) -> str:
+        return "tls-options"
+
+
+@dataclass(eq=False)
+class FakeStore:
+    mail: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    removed: list[str] = field(default_factory=list)
+    opened: int = 0
+
+
+class FakeMaildrop:
+    def __init__(self, store: FakeStore, user: str) -> None:
+        self.store, self.user = store, user
+        self.snapshot: dict[str, bytes] = {}
+
+    def open(self) -> list[DropEntry]:
+        self.store.opened += 1
+        self.snapshot = dict(self.store.mail.get(self.user, {}))
+        return [DropEntry(k, len(v), "u-" + k) for k, v in self.snapshot.items()]
+
+    def open_message(self, key: str) -> io.BytesIO:
+        if key not in self.store.mail.get(self.user, {}):
+            raise LookupError(key)
+        return io.BytesIO(self.store.mail[self.user][key])
+
+    def mark_seen(self, key: str) -> None:
+        self.store.seen.add(key)
+
+    def remove(self, keys: Sequence[str]) -> bool:
+        for key in keys:
+            del self.store.mail[self.user][key]
+            self.store.removed.append(key)
+        return True
+
+
+class TLSCapableTransport(StringTransport):
+    def __init__(self, peer: str) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", peer, 40000))
+        self.tls: Any = None
+        self.nodelay = False
+
+    def startTLS(self, options: Any) -> None:
+        self.tls = options
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.nodelay = enabled
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        # like twisted's FileDescriptor: a pull producer is asked for data at once
+        super().registerProducer(producer, streaming)
+        if not streaming:
+            producer.resumeProducing()
+
+
+@dataclass
+class Ctx:
+    settings: Any
+    accounts: Any
+    store: Any
+    tls: Any
+    reactor: Any
+
+
+class Client:
+    def __init__(self, ctx: Ctx, service: str = "pop3", peer: str = "192.0.2.7") -> None:
+        self.factory = Pop3Factory(ctx, service, FakeMaildrop)
+        self.proto = self.factory.buildProtocol(None)
+        self.clock = Clock()
+        self.proto.callLater = self.clock.callLater      # TimeoutMixin's clock
+        self.transport = TLSCapableTransport(peer)
+        self.proto.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> bytes:
+        self.transport.clear()
+        self.proto.dataReceived(data)
+        self.pump()
+        return self.transport.value()
+
+    def pump(self) -> None:
+        for _ in range(100000):
+            producer = self.transport.producer
+            if producer is None:
+                return
+            producer.resumeProducing()
+        raise AssertionError("producer never finished")
+
+
+def make_ctx(config: str = "", mail: dict[str, dict[str, bytes]] | None = None) -> Ctx:
+    settings = parse_settings(config) if config else default_settings()
+    return Ctx(settings, FakeAccounts(), FakeStore(mail or {}), FakeTLS(), Clock())
+
+
+def login(client: Client) -> bytes:
+    client.send(b"STLS\r\n")
+    return client.send(b"USER alice@example.org\r\nPASS secret\r\n")
+
+
+def test_greeting_nodelay_and_stls() -> None:
+    ctx = make_ctx()
+    client = Client(ctx)
+    assert client.transport.value() == b"+OK mailsuite POP3 server ready\r\n"
+    assert client.transport.nodelay
+    assert client.send(b"STLS\r\nUSER alice@example.org\r\n") == b"+OK begin TLS negotiation\r\n"
+    assert client.transport.tls == "tls-options"
+    assert client.send(b"PASS secret\r\n") == b"-ERR PASS must follow USER\r\n"
+    assert ctx.accounts.calls == []
+
+
+def test_plaintext_refused_without_tls() -> None:
+    ctx = make_ctx()
+    client = Client(ctx)
+    assert client.send(b"USER alice@example.org\r\n").startswith(b"-ERR [SYS/PERM]")
+    assert ctx.accounts.calls == []
+
+
+def test_loopback_exemption_only_by_config_and_only_on_loopback() -> None:
+    ctx = make_ctx("[auth]\nallow_plaintext_loopback = true\n", {"alice@example.org": {}})
+    assert Client(ctx, peer="127.0.0.1").send(b"USER alice@example.org\r\n") == b"+OK send PASS\r\n"
+    assert Client(ctx, peer="192.0.2.1").send(b"USER alice@example.org\r\n").startswith(b"-ERR [SYS/PERM]")
+    assert Client(make_ctx(), peer="127.0.0.1").send(b"USER x\r\n").startswith(b"-ERR [SYS/PERM]")
+
+
+def test_implicit_tls_service_allows_login() -> None:
+    ctx = make_ctx(mail={"alice@example.org": {"k1": b"a\r\n"}})
+    client = Client(ctx, "pop3s")
+    out = client.send(b"CAPA\r\nUSER alice@example.org\r\nPASS secret\r\n")
+    assert b"STLS" not in out and out.endswith(b"+OK logged in, 1 messages (3 octets)\r\n")
+    assert ctx.accounts.calls == [("alice@example.org", "secret", "pop3", "192.0.2.7")]
+
+
+def test_retr_streams_large_message_in_chunks() -> None:
+    body = b"Subject: big\r\n\r\n" + (b".dot line\r\n" + b"y" * 998 + b"\r\n") * 300
+    ctx = make_ctx(mail={"alice@example.org": {"big": body}})
+    client = Client(ctx)
+    login(client)
+    client.transport.clear()
+    client.proto.dataReceived(b"RETR 1\r\nNOOP\r\n")
+    first = client.transport.value()
+    assert len(first) < len(body) and len(first) <= CHUNK + 1000      # not the whole message at once
+    client.pump()
+    out = client.transport.value()
+    expected = b"+OK %d octets\r\n" % len(body) + body.replace(b"\r\n.", b"\r\n..") + b".\r\n+OK\r\n"
+    assert out == expected
+    assert ctx.store.seen == {"big"}
+
+
+def test_mark_seen_can_be_turned_off() -> None:
+    ctx = make_ctx("[pop3]\nmark_seen_on_retr = false\n", {"alice@example.org": {"k": b"x\r\n"}})
+    client = Client(ctx)
+    login(client)
+    assert client.send(b"RETR 1\r\n") == b"+OK 3 octets\r\nx\r\n.\r\n"
+    assert ctx.store.seen == set()
+
+
+def test_top_and_missing_message() -> None:
+    ctx = make_ctx(mail={"alice@example.org": {"a": b"H: 1\r\n\r\nb1\r\nb2\r\n", "b": b"x\r\n"}})
+    client = Client(ctx)
+    login(client)
+    assert client.send(b"TOP 1 1\r\n") == b"+OK top of message follows\r\nH: 1\r\n\r\nb1\r\n.\r\n"
+    del ctx.store.mail["alice@example.org"]["b"]          # removed by IMAP after login
+    assert client.send(b"RETR 2\r\n") == b"-ERR [SYS/TEMP] message no longer available\r\n"
+    assert ctx.store.seen == set()
+
+
+def test_dele_quit_removes_and_drop_does_not() -> None:
+    mail = {"alice@example.org": {"a": b"1\r\n", "b": b"2\r\n"}}
+    ctx = make_ctx(mail=mail)
+    client = Client(ctx)
+    login(client)
+    client.send(b"DELE 1\r\n")
+    client.proto.connectionLost(None)
+    assert ctx.store.removed == [] and set(mail["alice@example.org"]) == {"a", "b"}
+    client = Client(ctx)
+    login(client)
+    assert client.send(b"DELE 2\r\nQUIT\r\n") == b"+OK message 2 deleted\r\n+OK bye\r\n"
+    assert client.transport.disconnecting
+    assert ctx.store.removed == ["b"]
+
+
+def test_in_use_and_lock_released() -> None:
+    ctx = make_ctx(mail={"alice@example.org": {"a": b"1\r\n"}})
+    first = Client(ctx)
+    login(first)
+    second = Client(ctx)
+    assert login(second).endswith(b"-ERR [IN-USE] maildrop already locked by another POP3 session\r\n")
+    assert Client(ctx, "pop3s").send(b"USER alice@example.org\r\nPASS secret\r\n").startswith(b"+OK send PASS\r\n-ERR [IN-USE]")
+    first.proto.connectionLost(None)
+    third = Client(ctx)
+    assert login(third).endswith(b"+OK logged in, 1 messages (3 octets)\r\n")
+    third.send(b"QUIT\r\n")
+    assert login(Client(ctx)).startswith(b"+OK send PASS\r\n+OK logged in")
+
+
+def test_failed_login_closes_after_max_failures() -> None:
+    ctx = make_ctx()
+    client = Client(ctx)
+    client.send(b"STLS\r\n")
+    out = client.send(b"USER alice@example.org\r\nPASS no\r\n" * 3)
+    assert out.count(b"-ERR [AUTH]") == 3 and client.transport.disconnecting
+
+
+def test_idle_timeout_closes_without_update() -> None:
+    ctx = make_ctx(mail={"alice@example.org": {"a": b"1\r\n"}})
+    client = Client(ctx)
+    login(client)
+    client.send(b"DELE 1\r\n")
+    client.transport.clear()
+    client.clock.advance(599)
+    assert not client.transport.disconnecting
+    client.clock.advance(2)
+    assert client.transport.value() == b"-ERR autologout; idle for too long\r\n"
+    assert client.transport.disconnecting and ctx.store.removed == []
+
+
+def test_pipelined_commands_answered_in_order() -> None:
+    ctx = make_ctx(mail={"alice@example.org": {"a": b"A\r\n", "b": b"B\r\n"}})
+    client = Client(ctx)
+    client.send(b"STLS\r\n")
+    out = client.send(b"USER alice@example.org\r\nPASS secret\r\nRETR 2\r\nRETR 1\r\nUIDL\r\nQUIT\r\n")
+    assert out == (b"+OK send PASS\r\n+OK logged in, 2 messages (6 octets)\r\n+OK 3 octets\r\nB\r\n.\r\n"
+                   b"+OK 3 octets\r\nA\r\n.\r\n+OK 2 messages\r\n1 u-a\r\n2 u-b\r\n.\r\n+OK bye\r\n")
+
+
+def test_many_pipelined_retr_do_not_recurse() -> None:
+    mail = {"alice@example.org": {f"m{i}": b"x\r\n" for i in range(400)}}
+    client = Client(make_ctx(mail=mail))
+    login(client)
+    out = client.send(b"".join(b"RETR %d\r\n" % (i + 1) for i in range(400)))
+    assert out.count(b"+OK 3 octets\r\nx\r\n.\r\n") == 400
+
+
+def test_connection_lost_while_streaming() -> None:
+    body = b"z" * (CHUNK * 4)
+    ctx = make_ctx(mail={"alice@example.org": {"a": body}})
+    client = Client(ctx)
+    login(client)
+    client.proto.dataReceived(b"RETR 1\r\n")
+    assert client.transport.producer is not None
+    client.proto.connectionLost(None)
+    assert client.transport.producer is None
+    assert ctx.store.seen == set()
+
+
+def test_loopback_detection() -> None:
+    from mailsuite.pop3.adapter import _is_loopback
+    assert _is_loopback("127.0.0.1") and _is_loopback("127.8.9.10") and _is_loopback("::1")
+    assert _is_loopback("::ffff:127.0.0.1")
+    assert not _is_loopback("10.0.0.1") and not _is_loopback("::ffff:10.0.0.1") and not _is_loopback("?")

@@ -1,0 +1,91 @@
+"""The POP3 maildrop over the real store: snapshot at login, stable UIDLs, \\Seen, removal seen by IMAP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailsuite.pop3.engine import uidl_for
+from mailsuite.pop3.maildrop import InboxMaildrop
+from mailsuite.store import Store
+
+USER = "alice@example.org"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "mail")
+    s.create_user(USER)
+    yield s
+    s.close()
+
+
+def test_listing_sizes_and_uidl(store: Store) -> None:
+    names = [store.deliver_sync(USER, b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i)) for i in range(3)]
+    drop = InboxMaildrop(store, USER)
+    entries = drop.open()
+    assert [e.key for e in entries] == [n.split(":")[0] for n in names]
+    assert [e.uid for e in entries] == [uidl_for(e.key) for e in entries]
+    for entry in entries:
+        with drop.open_message(entry.key) as handle:
+            assert len(handle.read()) == entry.size
+
+
+def test_lf_message_is_stored_with_crlf_and_size_matches(store: Store) -> None:
+    store.deliver_sync(USER, b"Subject: x\n\nline\n")
+    drop = InboxMaildrop(store, USER)
+    [entry] = drop.open()
+    with drop.open_message(entry.key) as handle:
+        data = handle.read()
+    assert data == b"Subject: x\r\n\r\nline\r\n" and entry.size == len(data)
+
+
+def test_snapshot_at_login_and_uidl_stable_across_flags(store: Store) -> None:
+    store.deliver_sync(USER, b"Subject: a\r\n\r\na\r\n")
+    drop = InboxMaildrop(store, USER)
+    [entry] = drop.open()
+    store.deliver_sync(USER, b"Subject: b\r\n\r\nb\r\n")          # arrives during the session
+    drop.mark_seen(entry.key)                                        # file moves new/ -> cur/ with :2,S
+    with drop.open_message(entry.key) as handle:
+        assert handle.read() == b"Subject: a\r\n\r\na\r\n"
+    imap = store.mailbox(USER, "INBOX")
+    seen = [m for m in imap.messages() if m.name == entry.key]
+    assert seen and "\\Seen" in seen[0].flags
+    again = InboxMaildrop(store, USER).open()
+    assert len(again) == 2 and again[0].uid == entry.uid                  # same UIDL in the next session
+
+
+def test_remove_is_seen_by_imap(store: Store) -> None:
+    for i in range(3):
+        store.deliver_sync(USER, b"Subject: %d\r\n\r\n" % i)
+    drop = InboxMaildrop(store, USER)
+    entries = drop.open()
+    assert drop.remove([entries[0].key, entries[2].key]) is True
+    names = [m.name for m in store.mailbox(USER, "INBOX").messages()]
+    assert names == [entries[1].key]
+
+
+def test_message_removed_by_imap_meanwhile(store: Store) -> None:
+    store.deliver_sync(USER, b"Subject: 1\r\n\r\n")
+    store.deliver_sync(USER, b"Subject: 2\r\n\r\n")
+    drop = InboxMaildrop(store, USER)
+    first, second = drop.open()
+    imap = store.mailbox(USER, "INBOX")
+    uid = [m.uid for m in imap.messages() if m.name == first.key][0]
+    imap.set_flags([uid], ["\\Deleted"])
+    imap.expunge([uid])
+    with pytest.raises(LookupError):
+        drop.open_message(first.key)
+    assert drop.remove([first.key, second.key]) is True
+    assert store.mailbox(USER, "INBOX").messages() == []
+
+
+def test_file_renamed_outside(store: Store) -> None:
+    name = store.deliver_sync(USER, b"Subject: 1\r\n\r\nx\r\n")
+    drop = InboxMaildrop(store, USER)
+    [entry] = drop.open()
+    udir = store.user_dir(USER)
+    (udir / "new" / name).rename(udir / "cur" / (name + ":2,F"))    # another tool flags it
+    with drop.open_message(entry.key) as handle:
+        assert handle.read() == b"Subject: 1\r\n\r\nx\r\n"
