@@ -1,0 +1,292 @@
+"""The IMAP adapter: a thin twisted Protocol around :class:`~mailsuite.imap.engine.ImapEngine`.
+
+``build_factory(ctx, service)`` serves ``imap`` (143, STARTTLS) and ``imaps`` (993; service.py wraps the
+factory in TLS, RFC 8314).  The adapter writes the engine's bytes, starts TLS, checks passwords through
+``ctx.accounts``, streams FETCH responses through a pull producer (big bodies go out chunk by chunk from
+the file), runs store Deferreds (APPEND), and turns store change notifications into ``poll()`` calls so
+an IDLE client hears ``* N EXISTS`` as soon as a message is delivered (RFC 2177).  Protocol decisions
+stay in the engine.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from typing import Any, Iterator
+
+from twisted.internet import defer, interfaces
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
+
+from .backend import UserMail
+from .engine import Authenticate, Await, Close, EngineConfig, ImapEngine, Output, StartTLS, Stream
+
+__all__ = ["build_factory", "ImapProtocol", "ImapFactory"]
+
+log = Logger()
+
+WRITE_BATCH = 64 * 1024  # bytes written per producer step
+OUTSIDE_CHANGES_POLL = 15.0  # seconds between Maildir rescans while IDLE (changes by other tools)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@implementer(interfaces.IPullProducer)
+class _StreamSender:
+    """Writes an engine :class:`Stream` to the transport as the transport asks for more."""
+
+    def __init__(self, proto: "ImapProtocol", chunks: Iterator[bytes]) -> None:
+        self.proto = proto
+        self.chunks = chunks
+        self.deferred: defer.Deferred = defer.Deferred()
+        self.done = False
+
+    def start(self) -> defer.Deferred:
+        self.proto.transport.registerProducer(self, False)
+        return self.deferred
+
+    def resumeProducing(self) -> None:
+        if self.done:
+            return
+        out: list[bytes] = []
+        size = 0
+        try:
+            while size < WRITE_BATCH:
+                chunk = next(self.chunks)
+                out.append(chunk)
+                size += len(chunk)
+        except StopIteration:
+            self.proto.transport.write(b"".join(out))
+            self._end(None)
+            return
+        except Exception as exc:
+            self._end(exc)
+            return
+        self.proto.resetTimeout()  # a slow reader of a big message is not idle
+        self.proto.transport.write(b"".join(out))
+
+    def stopProducing(self) -> None:
+        self._end(ConnectionError("connection lost during FETCH"))
+
+    def _end(self, error: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.proto.transport.unregisterProducer()
+        if error is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(error)
+
+
+class ImapProtocol(Protocol, TimeoutMixin):
+    """One IMAP connection."""
+
+    def __init__(self, factory: "ImapFactory") -> None:
+        self.factory = factory
+        self.ctx = factory.ctx
+        self.engine: ImapEngine | None = None
+        self.peer = "?"
+        self._queue: deque[Output] = deque()
+        self._running = False
+        self._blocked = False  # an async action or stream is in progress
+        self._gone = False
+        self._paused = False
+        self._poll_pending = False
+        self._outside_poll: Any = None
+        self.callLater = self.ctx.reactor.callLater  # TimeoutMixin uses the context's reactor (tests: Clock)
+
+    # -- connection --------------------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:
+            pass
+        self.peer = getattr(self.transport.getPeer(), "host", "?")
+        if not self.factory.connection_opened(self.peer):
+            # DESIGN §4: connections per IP are limited
+            self.transport.write(b"* BYE Too many connections from your address\r\n")
+            self._gone = True
+            self.transport.loseConnection()
+            return
+        settings = self.ctx.settings
+        imap = settings.imap
+        implicit = self.factory.service == "imaps"
+        cfg = EngineConfig(
+            hostname=settings.hostname,
+            tls_available=self.ctx.tls is not None and not implicit,
+            tls_active=implicit,
+            plaintext_auth_ok=bool(settings.auth.allow_plaintext_loopback) and _is_loopback(self.peer),
+            max_literal=int(getattr(imap, "max_literal_size", 50 * 1024 * 1024)),
+            max_auth_failures=int(settings.auth.max_failures),
+            quota_bytes=int(getattr(imap, "quota_bytes", 0)),
+        )
+        cfg.max_buffer = cfg.max_literal + cfg.max_line
+        store = self.ctx.store
+        self.engine = ImapEngine(cfg, lambda user: UserMail(store, user), wakeup=self._wakeup, peer=self.peer)
+        self.setTimeout(float(getattr(imap, "timeout", 1800.0)))  # RFC 3501 §5.4: at least 30 minutes
+        self._handle(self.engine.greeting())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.engine is None or self._gone:
+            return
+        self.resetTimeout()
+        self._handle(self.engine.receive_data(data))
+
+    def timeoutConnection(self) -> None:
+        if not self._gone:
+            self.transport.write(b"* BYE Autologout; idle for too long\r\n")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._gone and self.engine is None:
+            return
+        self._gone = True
+        self.setTimeout(None)
+        self._queue.clear()
+        if self._outside_poll is not None and self._outside_poll.active():
+            self._outside_poll.cancel()
+        self.factory.connection_closed(self.peer)
+        if self.engine is not None:
+            self.engine.connection_lost()
+
+    # -- store notifications ------------------------------------------------------------------------------
+
+    def _wakeup(self) -> None:
+        """A store listener fired (maybe inside another session's command): poll on the next turn."""
+        if self._poll_pending or self._gone:
+            return
+        self._poll_pending = True
+        self.ctx.reactor.callLater(0, self._poll)
+
+    def _poll(self, outside: bool = False) -> None:
+        self._poll_pending = False
+        if self.engine is None or self._gone or self._blocked:
+            return
+        self._handle(self.engine.poll(check_outside=outside))
+
+    def _schedule_outside_poll(self) -> None:
+        """While IDLE, look at the Maildir now and then for changes made by other programs."""
+        if self.engine is None or self._gone:
+            return
+        idle = self.engine.idle_tag is not None
+        active = self._outside_poll is not None and self._outside_poll.active()
+        if idle and not active:
+            self._outside_poll = self.ctx.reactor.callLater(OUTSIDE_CHANGES_POLL, self._outside_tick)
+        elif not idle and active:
+            self._outside_poll.cancel()
+
+    def _outside_tick(self) -> None:
+        self._outside_poll = None
+        self._poll(outside=True)
+        self._schedule_outside_poll()
+
+    # -- outputs ------------------------------------------------------------------------------------------
+
+    def _handle(self, outputs: list[Output]) -> None:
+        self._queue.extend(outputs)
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self._queue and not self._gone and not self._blocked:
+                self._run(self._queue.popleft())
+        finally:
+            self._running = False
+        self._flow_control()
+        self._schedule_outside_poll()
+
+    def _flow_control(self) -> None:
+        """Stop reading while an action runs, so a pipelining client is held back by TCP."""
+        if self._gone:
+            return
+        if self._blocked and not self._paused:
+            self.transport.pauseProducing()
+            self._paused = True
+        elif not self._blocked and self._paused:
+            self.transport.resumeProducing()
+            self._paused = False
+
+    def _run(self, item: Output) -> None:
+        assert self.engine is not None
+        if isinstance(item, bytes):
+            self.transport.write(item)
+        elif isinstance(item, Stream):
+            self._blocked = True
+            sender = _StreamSender(self, item.chunks)
+            sender.start().addCallbacks(self._stream_done, self._stream_failed)
+        elif isinstance(item, Authenticate):
+            self._blocked = True
+            d = defer.maybeDeferred(self.ctx.accounts.authenticate, item.user, item.password,
+                                    service=self.factory.service, ip=self.peer)
+            d.addErrback(lambda f: log.failure("IMAP password check failed", f) or None)
+            d.addCallback(lambda user: self._resume(lambda: self.engine.auth_result(user)))
+        elif isinstance(item, Await):
+            self._blocked = True
+            callback = item.callback
+            item.deferred.addBoth(lambda result: self._resume(lambda: callback(result)))
+        elif isinstance(item, StartTLS):
+            # RFC 3501 §6.2.1: the engine has already dropped whatever was pipelined after STARTTLS
+            self.transport.startTLS(self.ctx.tls.server_options())
+        elif isinstance(item, Close):
+            self._queue.clear()
+            self._gone = True
+            self.setTimeout(None)
+            self.transport.loseConnection()
+
+    def _resume(self, step: Any) -> None:
+        self._blocked = False
+        if self._gone:
+            return
+        self._handle(step())
+
+    def _stream_done(self, _: Any) -> None:
+        self._resume(lambda: self.engine.resume())  # type: ignore[union-attr]
+
+    def _stream_failed(self, failure: Any) -> None:
+        self._blocked = False
+        if not self._gone:
+            # half a response was sent: the only safe way out is to drop the connection
+            log.failure("IMAP: error while streaming a FETCH response", failure)
+            self._gone = True
+            self.transport.abortConnection()
+
+
+class ImapFactory(ServerFactory):
+    noisy = False
+
+    def __init__(self, ctx: Any, service: str) -> None:
+        self.ctx, self.service = ctx, service
+        self.per_ip: dict[str, int] = {}
+
+    def buildProtocol(self, addr: Any) -> ImapProtocol:
+        return ImapProtocol(self)
+
+    def connection_opened(self, ip: str) -> bool:
+        limit = int(getattr(self.ctx.settings.imap, "max_connections_per_ip", 20))
+        if self.per_ip.get(ip, 0) >= limit:
+            return False
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        return True
+
+    def connection_closed(self, ip: str) -> None:
+        n = self.per_ip.get(ip, 0) - 1
+        if n > 0:
+            self.per_ip[ip] = n
+        else:
+            self.per_ip.pop(ip, None)
+
+
+def build_factory(ctx: Any, service: str) -> ImapFactory:
+    """The factory for the ``imap`` (STARTTLS) or ``imaps`` (implicit TLS) listener."""
+    if service not in ("imap", "imaps"):
+        raise ValueError(f"not an IMAP service: {service}")
+    return ImapFactory(ctx, service)

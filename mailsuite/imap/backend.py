@@ -1,0 +1,89 @@
+"""One user's view of :class:`mailsuite.store.Store` for the IMAP engine.
+
+The engine calls the store synchronously for everything answered from the index (it is in-process:
+LIST, STATUS, SELECT, FETCH, STORE, SEARCH, EXPUNGE, COPY/MOVE).  APPEND is the exception: its file
+work (write, fsync, link) runs in the store's thread pool, so :meth:`UserMail.append` returns a
+Deferred that the engine hands to the adapter as an :class:`~mailsuite.imap.engine.Await` action.
+Mailbox names here are canonical Unicode store names (``.`` delimiter).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Callable, Iterable
+
+from twisted.internet import defer
+
+from ..store import MailboxInfo, Store
+from ..store.mailbox import Mailbox, MessageInfo
+
+DELIMITER = "."
+
+__all__ = ["DELIMITER", "UserMail", "Mailbox", "MessageInfo", "MailboxInfo", "split_flags", "all_flags"]
+
+
+def split_flags(flags: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(system flags, keywords) of an IMAP flag list (RFC 3501 §2.3.2)."""
+    flags = list(flags)
+    system = [f for f in flags if f.startswith("\\")]
+    keywords = [f for f in flags if not f.startswith("\\")]
+    return system, keywords
+
+
+def all_flags(m: MessageInfo) -> frozenset[str]:
+    return m.flags | m.keywords
+
+
+class UserMail:
+    def __init__(self, store: Store, user: str) -> None:
+        self.store = store
+        self.user = user
+
+    def folders(self) -> list[MailboxInfo]:
+        return self.store.list_mailboxes(self.user)
+
+    def create(self, name: str) -> str:
+        return self.store.create_mailbox(self.user, name)
+
+    def delete(self, name: str) -> None:
+        self.store.delete_mailbox(self.user, name)
+
+    def rename(self, old: str, new: str) -> str:
+        return self.store.rename_mailbox(self.user, old, new)
+
+    def subscribe(self, name: str, on: bool) -> None:
+        if on:
+            self.store.subscribe(self.user, name)
+        else:
+            self.store.unsubscribe(self.user, name)
+
+    def subscriptions(self) -> list[str]:
+        return self.store.subscriptions(self.user)
+
+    def open(self, name: str) -> Mailbox:
+        """The shared, freshly synced mailbox (MailboxNotFound, InvalidMailboxName)."""
+        return self.store.mailbox(self.user, name)
+
+    def status(self, name: str) -> dict[str, int]:
+        return self.open(name).status()
+
+    def usage(self) -> int:
+        return self.store.usage(self.user)
+
+    def listen(self, name: str, callback: Callable[[], object]) -> None:
+        self.store.add_listener(self.user, name, callback)
+
+    def unlisten(self, name: str, callback: Callable[[], object]) -> None:
+        self.store.remove_listener(self.user, name, callback)
+
+    def append(self, name: str, data: bytes, flags: Iterable[str], when: datetime | None) -> defer.Deferred:
+        """Fires with (uidvalidity, uid) for APPENDUID (RFC 4315 §3)."""
+        system, keywords = split_flags(flags)
+        try:
+            mb = self.open(name)
+        except Exception:
+            return defer.fail()
+        d = self.store.append(self.user, name, data, tuple(system), tuple(keywords),
+                              when.timestamp() if when is not None else None)
+        d.addCallback(lambda uid: (mb.uidvalidity, uid))
+        return d

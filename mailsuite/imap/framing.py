@@ -1,0 +1,214 @@
+"""Incremental IMAP input framing: command lines and literals (RFC 3501 §4.3, RFC 7888).
+
+The framer is lazy: ``feed()`` only buffers, ``next_event()`` cuts one event off the buffer.  This lets
+the engine change mode between events (raw lines during AUTHENTICATE and IDLE) and drop everything
+still buffered when STARTTLS begins, so pipelined plaintext can never be read as commands.
+
+Events:
+
+- :class:`RawCommand`   one complete command: its lines (CRLF and literal markers removed) and literals.
+- :class:`Continue`     a synchronizing literal ``{n}`` was accepted: the engine must send ``+`` now.
+- :class:`Refused`      a literal was refused (too big) before ``+``; the command is dropped.
+- :class:`TooLong`      a line passed the length limit; the rest of it is discarded.
+- :class:`Line`         one raw line, in line mode (AUTHENTICATE responses, IDLE's ``DONE``).
+
+Bytes inside a literal are never looked at, so they can never be taken for a command.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+# RFC 3501 §9 literal = "{" number "}" CRLF; RFC 7888 adds "{" number "+}"; RFC 3516 literal8 "~{".
+_LITERAL_AT_END = re.compile(rb"(~?)\{([0-9]{1,20})(\+?)\}$")
+_TAG = re.compile(rb"[\x21-\x7e]+")
+_TAG_SPECIALS = set(b'(){%*"\\+')
+
+
+@dataclass
+class RawCommand:
+    """A complete command: ``lines[i]`` is followed by ``literals[i]`` (one fewer literal than lines)."""
+
+    lines: list[bytes]
+    literals: list[bytes] = field(default_factory=list)
+    binary: list[bool] = field(default_factory=list)  # literal8 flags, parallel to ``literals``
+
+
+@dataclass
+class Continue:
+    tag: str
+    size: int
+
+
+@dataclass
+class Refused:
+    tag: str
+    size: int
+    first_line: bytes
+    synchronizing: bool
+
+
+@dataclass
+class TooLong:
+    tag: str
+
+
+@dataclass
+class Line:
+    data: bytes
+
+
+Event = RawCommand | Continue | Refused | TooLong | Line
+
+# policy(first_line, size, total_so_far) -> True if the literal may be read
+LiteralPolicy = Callable[[bytes, int, int], bool]
+
+
+def tag_of(line: bytes) -> str:
+    """The tag of a (possibly partial) command line, or ``*`` when there is no valid one."""
+    head = line.split(b" ", 1)[0]
+    if head and _TAG.fullmatch(head) and not (set(head) & _TAG_SPECIALS):
+        return head.decode("ascii")
+    return "*"
+
+
+class Framer:
+    """Cuts the byte stream into events; see the module docstring."""
+
+    def __init__(self, policy: LiteralPolicy, max_line: int = 65536) -> None:
+        self._policy = policy
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._scan = 0  # where to resume looking for LF
+        self.line_mode = False
+        self._lines: list[bytes] = []
+        self._literals: list[bytes] = []
+        self._binary: list[bool] = []
+        self._total = 0
+        self._literal_left: int | None = None  # reading a literal of this many more bytes
+        self._literal_parts: list[bytes] = []
+        self._skip = 0  # bytes of a refused literal still to throw away
+        self._skip_line = False  # throw away input up to the next LF
+        self._skip_after_literal = False  # after the skipped literal, discard the rest of the command
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def clear(self) -> None:
+        """Forget everything buffered and any partial command (STARTTLS, RFC 3501 §6.2.1)."""
+        self._buf.clear()
+        self._scan = 0
+        self._reset_command()
+        self._skip = 0
+        self._skip_line = False
+        self._skip_after_literal = False
+
+    def in_command(self) -> bool:
+        """True while a command is partly received (between literal lines)."""
+        return bool(self._lines) or self._literal_left is not None
+
+    def _reset_command(self) -> None:
+        self._lines = []
+        self._literals = []
+        self._binary = []
+        self._total = 0
+        self._literal_left = None
+        self._literal_parts = []
+
+    def _take_line(self) -> bytes | None:
+        idx = self._buf.find(b"\n", self._scan)
+        if idx < 0:
+            self._scan = len(self._buf)
+            return None
+        line = bytes(self._buf[:idx])
+        del self._buf[: idx + 1]
+        self._scan = 0
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        return line
+
+    def next_event(self) -> Event | None:
+        while True:
+            if self._skip:
+                n = min(self._skip, len(self._buf))
+                del self._buf[:n]
+                self._skip -= n
+                if self._skip:
+                    return None
+                if self._skip_after_literal:
+                    self._skip_after_literal = False
+                    self._skip_line = True
+                continue
+            if self._skip_line:
+                line = self._take_line()
+                if line is None:
+                    if len(self._buf) > self.max_line:  # bounded memory while discarding
+                        del self._buf[:]
+                        self._scan = 0
+                    return None
+                self._skip_line = False
+                # A discarded line may announce another non-synchronizing literal: skip it too.
+                m = _LITERAL_AT_END.search(line)
+                if m and m.group(3):
+                    self._skip = int(m.group(2))
+                    self._skip_after_literal = True
+                continue
+            if self._literal_left is not None:
+                if not self._buf:
+                    return None
+                n = min(self._literal_left, len(self._buf))
+                self._literal_parts.append(bytes(self._buf[:n]))
+                del self._buf[:n]
+                self._literal_left -= n
+                if self._literal_left:
+                    return None
+                self._literals.append(b"".join(self._literal_parts))
+                self._literal_parts = []
+                self._literal_left = None
+                continue
+            line = self._take_line()
+            if line is None:
+                if len(self._buf) > self.max_line:
+                    tag = tag_of(self._lines[0] if self._lines else bytes(self._buf[:100]))
+                    self._reset_command()
+                    self._skip_line = True
+                    return TooLong(tag)
+                return None
+            if len(line) > self.max_line:
+                tag = tag_of(self._lines[0] if self._lines else line)
+                self._reset_command()
+                return TooLong(tag)
+            if self.line_mode and not self._lines:
+                return Line(line)
+            m = _LITERAL_AT_END.search(line)
+            if m is None:
+                self._lines.append(line)
+                cmd = RawCommand(self._lines, self._literals, self._binary)
+                self._reset_command()
+                return cmd
+            size = int(m.group(2))
+            sync = not m.group(3)
+            first = self._lines[0] if self._lines else line
+            tag = tag_of(first)
+            self._total += len(line)
+            if not self._policy(first, size, self._total):
+                self._reset_command()
+                if not sync:
+                    # RFC 7888 §4: the client sends a non-synchronizing literal anyway; swallow it.
+                    self._skip = size
+                    self._skip_after_literal = True
+                return Refused(tag, size, first, sync)
+            self._total += size
+            self._lines.append(line[: m.start()])
+            self._binary.append(bool(m.group(1)))
+            self._literal_left = size
+            if size == 0:
+                self._literals.append(b"")
+                self._literal_left = None
+            if sync:
+                return Continue(tag, size)

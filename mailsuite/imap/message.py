@@ -1,0 +1,72 @@
+"""Lazy access to one stored message for FETCH and SEARCH: header block, ranges, decoded text.
+
+Messages are stored with CRLF line ends, so byte offsets in the file are IMAP octet offsets.
+Whole bodies are never loaded to answer ``BODY[]``/``BODY[TEXT]``: :meth:`Message.iter_range` streams
+them in chunks.  MIME structure (numbered parts, ENVELOPE, BODYSTRUCTURE) is mailsuite.mime's job
+(see mimeview.py).
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Callable, Iterator
+
+CHUNK = 65536
+MAX_HEADER = 1 << 20
+
+
+class Message:
+    def __init__(
+        self, opener: Callable[[], BinaryIO], size: int, header_loader: Callable[[], bytes] | None = None
+    ) -> None:
+        self._opener = opener
+        self.size = size
+        self._header_loader = header_loader  # the store's header cache
+        self._header: bytes | None = None
+        self._raw: bytes | None = None
+
+    def raw(self) -> bytes:
+        """The whole message (for MIME parsing; cached)."""
+        if self._raw is None:
+            with self._opener() as f:
+                self._raw = f.read()
+        return self._raw
+
+    def header(self) -> bytes:
+        """The header block including the empty line that ends it (RFC 3501 §6.4.5 HEADER)."""
+        if self._header is None:
+            if self._header_loader is not None and self._raw is None:
+                self._header = self._header_loader()
+            elif self._raw is not None:
+                self._header = split_header(self._raw)
+            else:
+                with self._opener() as f:
+                    self._header = split_header(f.read(MAX_HEADER))
+        return self._header
+
+    def iter_range(self, start: int, length: int) -> Iterator[bytes]:
+        """Bytes ``[start, start+length)`` of the file, in chunks."""
+        if self._raw is not None:
+            for off in range(start, start + length, CHUNK):
+                yield self._raw[off : min(off + CHUNK, start + length)]
+            return
+        with self._opener() as f:
+            f.seek(start)
+            left = length
+            while left > 0:
+                data = f.read(min(CHUNK, left))
+                if not data:
+                    # The file shrank under us: keep the announced literal length (RFC 3501 §4.3).
+                    data = b" " * left
+                left -= len(data)
+                yield data
+
+
+def split_header(data: bytes) -> bytes:
+    """Header block of ``data`` (up to and including the first empty line, or everything)."""
+    if data.startswith(b"\r\n"):
+        return b"\r\n"
+    idx = data.find(b"\r\n\r\n")
+    if idx < 0:
+        idx = data.find(b"\n\n")
+        return data if idx < 0 else data[: idx + 2]
+    return data[: idx + 4]
