@@ -116,6 +116,14 @@ class RelaySettings:
     delay_warning: float = 4 * 3600.0
     max_concurrency: int = 10
     connect_timeout: float = 30.0
+    smarthost_verify: bool = True
+    smarthost_ca_file: str = ""
+    max_per_destination: int = 2
+    max_messages_per_connection: int = 100
+    max_recipients_per_transaction: int = 50
+    scan_interval: float = 5.0
+    ipv6: bool = True
+    local_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -260,7 +268,9 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 _POSITIVE = {("auth", "max_failures"), ("smtp", "max_message_size"), ("smtp", "max_recipients"),
              ("smtp", "max_line_length"), ("smtp", "max_connections_per_ip"), ("smtp", "command_timeout"),
              ("smtp", "data_timeout"), ("pop3", "timeout"), ("imap", "timeout"), ("imap", "max_literal_size"),
-             ("imap", "max_connections_per_ip"), ("relay", "max_concurrency")}
+             ("imap", "max_connections_per_ip"), ("relay", "max_concurrency"),
+             ("relay", "max_per_destination"), ("relay", "max_messages_per_connection"),
+             ("relay", "max_recipients_per_transaction"), ("relay", "scan_interval")}
 
 
 def _build_section(loc: _Located, name: str, cls: type, raw: Any) -> Any:
