@@ -89,6 +89,7 @@ class SMTPSettings:
 class POP3Settings:
     mark_seen_on_retr: bool = True
     timeout: float = 600.0
+    max_connections_per_ip: int = 20
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 _POSITIVE = {("auth", "max_failures"), ("smtp", "max_message_size"), ("smtp", "max_recipients"),
              ("smtp", "max_line_length"), ("smtp", "max_connections_per_ip"), ("smtp", "command_timeout"),
              ("smtp", "data_timeout"), ("pop3", "timeout"), ("imap", "timeout"), ("imap", "max_literal_size"),
-             ("imap", "max_connections_per_ip"), ("relay", "max_concurrency"),
+             ("imap", "max_connections_per_ip"), ("pop3", "max_connections_per_ip"), ("relay", "max_concurrency"),
              ("relay", "max_per_destination"), ("relay", "max_messages_per_connection"),
              ("relay", "max_recipients_per_transaction"), ("relay", "scan_interval")}
 

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from ..limits import PerIPCounter
 from .dotstuff import DotStuffer
 from .engine import (Authenticate, Close, CommitDeletions, EngineConfig, Event, OpenMaildrop, Pop3Engine, Reply,
                      SendMessage, StartTLS)
@@ -110,6 +111,7 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         self._gone = False
         self._paused = False
         self._sender: _MessageSender | None = None
+        self._counted = False
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -120,6 +122,13 @@ class Pop3Protocol(Protocol, TimeoutMixin):
             pass
         self.peer = getattr(self.transport.getPeer(), "host", "?")
         settings = self.ctx.settings
+        if not self.factory.per_ip.open(self.peer):
+            # DESIGN §4: connection floods; RFC 2449 §8.1.2 SYS/TEMP: a temporary problem, try later
+            self._gone = True
+            self.transport.write(b"-ERR [SYS/TEMP] too many connections from your address, try again later\r\n")
+            self.transport.loseConnection()
+            return
+        self._counted = True
         implicit = self.factory.service == "pop3s"
         plain_ok = bool(settings.auth.allow_plaintext_loopback) and _is_loopback(self.peer)
         self.engine = Pop3Engine(EngineConfig(
@@ -148,6 +157,9 @@ class Pop3Protocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         # RFC 1939 §6: a connection that ends without QUIT never enters the UPDATE state: nothing is removed
         self._gone = True
+        if self._counted:
+            self._counted = False
+            self.factory.per_ip.close(self.peer)
         self.setTimeout(None)
         self._events.clear()
         if self._sender is not None:
@@ -303,8 +315,10 @@ class Pop3Protocol(Protocol, TimeoutMixin):
 
 class Pop3Factory(ServerFactory):
     noisy = False
+
     def __init__(self, ctx: Any, service: str, maildrop_factory: Callable[[Any, str], Maildrop] | None = None) -> None:
         self.ctx, self.service = ctx, service
+        self.per_ip = PerIPCounter(int(getattr(ctx.settings.pop3, "max_connections_per_ip", 20)))
         if maildrop_factory is None:
             from .maildrop import InboxMaildrop
             maildrop_factory = InboxMaildrop

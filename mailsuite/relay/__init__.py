@@ -5,7 +5,8 @@
   AUTH).
 - `queue`: the durable queue on disk, retry schedule, per-recipient status, bounces (`dsn`).
 - `dns`: MX/A/AAAA routing with dnspython off the reactor thread (RFC 5321 §5.1, RFC 7505).
-- `deliver`: the Twisted side: connections, per-destination reuse and limits, smarthost mode, the
-  `RelayService` started by mailsuite/service.py.
+- `dsn`: RFC 3464 delivery status notifications.
+- `deliver`: the Twisted side: connections, per-destination reuse and limits, smarthost mode.
+- `service`: `RelayService` and `attach(ctx, parent)`, called by mailsuite/service.py.
 - `admin`: the `mailsuite queue list|flush|delete|bounce` functions.
 """

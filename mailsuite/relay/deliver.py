@@ -347,7 +347,7 @@ class Deliverer:
                         log.failure("relay: local delivery to {rcpt} failed", rcpt=rcpt.address)
                         reply = Reply(451, (f"4.3.0 local delivery failed: {exc}",))
                 outcomes.append((rcpt.address, reply))
-            yield self.queue.record(job, outcomes, remote=self.hostname)
+            yield self.queue.record(job, outcomes, remote=None)
 
     @defer.inlineCallbacks
     def _read(self, job: Job) -> Any:

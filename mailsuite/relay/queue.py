@@ -412,7 +412,7 @@ class Queue:
                     r.dsn_pending, r.dsn_action, r.dsn_status = True, "relayed", status_of(reply.code,
                                                                                             reply.enhanced)
                 log.info("relay: {id} to <{rcpt}> sent via {remote}: {reply}", id=entry.id, rcpt=address,
-                         remote=remote, reply=str(reply))
+                         remote=remote or "local delivery", reply=str(reply))
             elif reply.permanent:
                 self._fail(entry, r, status_of(reply.code, reply.enhanced))
                 log.info("relay: {id} to <{rcpt}> failed: {reply}", id=entry.id, rcpt=address, reply=str(reply))

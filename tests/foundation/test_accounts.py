@@ -138,8 +138,10 @@ def test_authenticate_through_the_portal(accounts: Accounts) -> None:
     accounts._reactor = clock
     accounts.failure_delay = 5
     globalLogPublisher.addObserver(observer)
+    fresh = reactor.threadpool is None
     pool = reactor.getThreadPool()
-    pool.start()  # the reactor is not running under pytest; its pool must run for deferToThread
+    if not pool.started:
+        pool.start()  # the reactor is not running under pytest; its pool must run for deferToThread
     results: list = []
     try:
         accounts.authenticate("alice@example.org", "alice-password", service="imap", ip="192.0.2.7").addBoth(results.append)
@@ -153,5 +155,6 @@ def test_authenticate_through_the_portal(accounts: Accounts) -> None:
         assert results == ["alice@example.org", None]
         assert "mailsuite auth failure: service=smtp ip=192.0.2.8 user=alice@example.org" in seen
     finally:
-        pool.stop()
+        if fresh:
+            reactor._stopThreadPool()  # detach it again, so later trial tests find the reactor as it was
         globalLogPublisher.removeObserver(observer)

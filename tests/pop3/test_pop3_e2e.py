@@ -445,3 +445,35 @@ def test_smtp_delivered_mail_and_imap_view(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert "Traceback" not in server.log_text()
+
+
+def test_connections_per_ip_are_limited(tmp_path) -> None:
+    """DESIGN §4: a flood from one address gets -ERR [SYS/TEMP] beyond [pop3] max_connections_per_ip."""
+    import socket as _socket
+    from tests.server import MailServer as _Server
+    srv = _Server(tmp_path / "flood", services=("pop3",), extra_config="[pop3]\nmax_connections_per_ip = 3\n")
+    srv.start()
+    held = []
+    try:
+        for _ in range(3):
+            s = _socket.create_connection(("127.0.0.1", srv.port("pop3")), timeout=10)
+            assert s.recv(512).startswith(b"+OK")
+            held.append(s)
+        extra = _socket.create_connection(("127.0.0.1", srv.port("pop3")), timeout=10)
+        assert extra.recv(512).startswith(b"-ERR [SYS/TEMP]")
+        extra.close()
+        held.pop().close()
+        import time as _time
+        deadline = _time.monotonic() + 10
+        while True:   # the slot frees when the server has seen the close
+            again = _socket.create_connection(("127.0.0.1", srv.port("pop3")), timeout=10)
+            line = again.recv(512)
+            again.close()
+            if line.startswith(b"+OK") or _time.monotonic() > deadline:
+                break
+            _time.sleep(0.05)
+        assert line.startswith(b"+OK")
+    finally:
+        for s in held:
+            s.close()
+        srv.stop()

@@ -76,7 +76,8 @@ max_retry_interval = 2.0
         yield srv, remote, dns, stalled, release
     finally:
         release.set()
-        srv.kill() if srv.proc is not None and srv.proc.poll() is None else None
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.kill()
         remote.stop()
         dns.stop()
 
@@ -138,4 +139,23 @@ def test_remote_refusal_bounces_to_the_senders_inbox(world):
     assert b"Final-Recipient: rfc822; nobody@remote.test" in bounce and b"Status: 5.1.1" in bounce
     assert f"Message-ID: <{mark}@example.org>".encode() in bounce
     assert remote.received == []
+    srv.stop()
+
+
+def test_queue_bounce_command_reaches_the_running_server(world):
+    srv, remote, dns, stalled, release = world
+    remote.behaviour.rcpt = lambda address: "451 4.2.0 try later"
+    srv.start()
+    mark = uuid.uuid4().hex
+    submit(srv, ["bob@remote.test"], message(mark))
+    assert wait_until(lambda: "451 4.2.0 try later" in srv.cli("queue", "list").stdout), srv.log_text()
+    listing = srv.cli("queue", "list").stdout
+    ident = [line.split()[0] for line in listing.splitlines() if "from <alice@example.org>" in line][0]
+    result = srv.cli("queue", "bounce", ident)
+    assert result.returncode == 0 and "handed to the running server" in result.stdout, result.stderr
+    found = srv.wait_for_messages("alice@example.org", 1, timeout=30)
+    assert len(found) == 1, srv.log_text()
+    assert b"Action: failed" in found[0] and f"<{mark}@example.org>".encode() in found[0]
+    assert wait_until(lambda: srv.cli("queue", "list").stdout.strip() == "queue is empty")
+    assert srv.cli("queue", "delete", ident).returncode == 1          # gone
     srv.stop()

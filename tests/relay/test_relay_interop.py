@@ -154,3 +154,4 @@ class SmarthostIsOurOwnSubmissionServer(unittest.TestCase):
         entry = self.relay.queue.get(ident)
         self.assertEqual(entry.recipients[0].status, "queued")
         self.assertTrue(entry.recipients[0].last_error.startswith("4"))
+        self.assertIn("certificate verify failed", entry.recipients[0].last_error)
