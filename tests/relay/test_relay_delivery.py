@@ -4,6 +4,9 @@ Retry time is simulated with a twisted Clock; connections are real."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+
 import email
 import email.policy
 from pathlib import Path
@@ -70,8 +73,9 @@ class RelayWorld(unittest.TestCase):
             # another module stopped the reactor's shared pool without forgetting it; trial's janitor
             # would trip over it (AlreadyQuit), so let the reactor make a fresh one when needed
             reactor.threadpool = None
-        self.tmp = Path(self.mktemp()).resolve()
-        self.tmp.mkdir(parents=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix="mailsuite-relay-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.port = common_port((GOOD, BUSY, DOWN, "127.0.0.5"))
         self.cert = make_cert(self.tmp / "tls")
         self.good_behaviour = SMTPBehaviour(rcpt=self._rcpt)
@@ -381,7 +385,9 @@ class Smarthost(RelayWorld):
     implicit = False
 
     def setUp(self) -> None:
-        self.cert = make_cert(Path(self.mktemp()).resolve() / "smarthost-tls")
+        certdir = Path(tempfile.mkdtemp(prefix="mailsuite-relay-cert-"))
+        self.addCleanup(shutil.rmtree, certdir, True)
+        self.cert = make_cert(certdir / "smarthost-tls")
         behaviour = SMTPBehaviour(cert=self.cert, users={"relayuser": "s3cret"}, require_tls=True,
                                   require_auth=True, implicit_tls=self.implicit)
         self.smart = FakeSMTP("127.0.0.1", 0, "smarthost.test", behaviour).start()

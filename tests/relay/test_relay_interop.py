@@ -3,6 +3,9 @@ PIPELINING, STARTTLS, DSN, 8BITMIME and dot-stuffing between two independent imp
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,8 +33,9 @@ class AgainstOurOwnServer(unittest.TestCase):
         pool = getattr(reactor, "threadpool", None)
         if pool is not None and pool.joined:
             reactor.threadpool = None      # see test_relay_delivery.RelayWorld.setUp
-        self.tmp = Path(self.mktemp()).resolve()
-        self.tmp.mkdir(parents=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix="mailsuite-relay-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         port = common_port(("127.0.0.2",))
         # the receiving side: a real mailsuite context for there.test
         receiving = replace(Settings(), hostname="mx.there.test", domains=("there.test",),
@@ -102,8 +106,9 @@ class SmarthostIsOurOwnSubmissionServer(unittest.TestCase):
         pool = getattr(reactor, "threadpool", None)
         if pool is not None and pool.joined:
             reactor.threadpool = None
-        self.tmp = Path(self.mktemp()).resolve()
-        self.tmp.mkdir(parents=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix="mailsuite-relay-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         base = Settings()
         receiving = replace(base, hostname="smarthost.there.test", domains=("there.test",),
                             data_dir=self.tmp / "receiver", smtp=replace(base.smtp, sender_must_match=False))
