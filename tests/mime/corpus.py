@@ -31,6 +31,10 @@ from mailsuite.mime import (
 _REPO = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get("MAILSUITE_MIME_CORPUS", _REPO.parent / "shared" / "mime-corpus"))
 
+#: CI always has ../shared beside the clone: there a missing corpus is an error, not a skip
+if os.environ.get("CI") == "true" and not (CORPUS / "answers").is_dir():
+    raise RuntimeError(f"MIME corpus not found at {CORPUS}: CI must have shared/ beside the clone "
+                       "(or set MAILSUITE_MIME_CORPUS)")
 needs_corpus = pytest.mark.skipif(
     not (CORPUS / "answers").is_dir(), reason=f"MIME corpus not found at {CORPUS} (set MAILSUITE_MIME_CORPUS)"
 )
