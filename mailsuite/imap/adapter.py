@@ -11,6 +11,7 @@ stay in the engine.
 from __future__ import annotations
 
 import ipaddress
+import zlib
 from collections import deque
 from typing import Any, Iterator
 
@@ -21,13 +22,15 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from .backend import UserMail
-from .engine import Authenticate, Await, Close, EngineConfig, ImapEngine, Output, StartTLS, Stream
+from .engine import (Authenticate, Await, Close, EngineConfig, ImapEngine, Output, StartCompression, StartTLS,
+                     Stream)
 
 __all__ = ["build_factory", "ImapProtocol", "ImapFactory"]
 
 log = Logger()
 
 WRITE_BATCH = 64 * 1024  # bytes written per producer step
+INFLATE_STEP = 64 * 1024  # COMPRESS=DEFLATE input is inflated at most this much at a time
 OUTSIDE_CHANGES_POLL = 15.0  # seconds between Maildir rescans while IDLE (changes by other tools)
 
 
@@ -63,14 +66,14 @@ class _StreamSender:
                 out.append(chunk)
                 size += len(chunk)
         except StopIteration:
-            self.proto.transport.write(b"".join(out))
+            self.proto.write(b"".join(out))
             self._end(None)
             return
         except Exception as exc:
             self._end(exc)
             return
         self.proto.resetTimeout()  # a slow reader of a big message is not idle
-        self.proto.transport.write(b"".join(out))
+        self.proto.write(b"".join(out))
 
     def stopProducing(self) -> None:
         self._end(ConnectionError("connection lost during FETCH"))
@@ -102,6 +105,9 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self._poll_pending = False
         self._outside_poll: Any = None
         self.callLater = self.ctx.reactor.callLater  # TimeoutMixin uses the context's reactor (tests: Clock)
+        self._deflate: Any = None  # RFC 4978 COMPRESS=DEFLATE, once active
+        self._inflate: Any = None
+        self._compressed_in = b""  # compressed input not inflated yet (held while an action runs)
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -113,7 +119,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self.peer = getattr(self.transport.getPeer(), "host", "?")
         if not self.factory.connection_opened(self.peer):
             # DESIGN §4: connections per IP are limited
-            self.transport.write(b"* BYE Too many connections from your address\r\n")
+            self.write(b"* BYE Too many connections from your address\r\n")
             self._gone = True
             self.transport.loseConnection()
             return
@@ -139,11 +145,42 @@ class ImapProtocol(Protocol, TimeoutMixin):
         if self.engine is None or self._gone:
             return
         self.resetTimeout()
+        if self._inflate is not None:
+            self._compressed_in += data
+            self._feed_compressed()
+            return
         self._handle(self.engine.receive_data(data))
+
+    def write(self, data: bytes) -> None:
+        """Write to the client, through DEFLATE once COMPRESS is active (RFC 4978 §3: each write ends
+        with a sync flush so the client can decode it at once)."""
+        if not data:
+            return
+        if self._deflate is not None:
+            data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
+        self.transport.write(data)
+
+    def _feed_compressed(self) -> None:
+        """Inflate the input in bounded steps, and only while the engine reads (a small compressed
+        input can expand enormously)."""
+        assert self.engine is not None and self._inflate is not None
+        while self._compressed_in and not self._blocked and not self._gone:
+            try:
+                plain = self._inflate.decompress(self._compressed_in, INFLATE_STEP)
+            except zlib.error:
+                log.info("IMAP: bad DEFLATE data from {peer}", peer=self.peer)
+                self._gone = True
+                self.transport.abortConnection()
+                return
+            self._compressed_in = self._inflate.unconsumed_tail
+            if self._inflate.eof:
+                self._compressed_in = b""
+            if plain:
+                self._handle(self.engine.receive_data(plain))
 
     def timeoutConnection(self) -> None:
         if not self._gone:
-            self.transport.write(b"* BYE Autologout; idle for too long\r\n")
+            self.write(b"* BYE Autologout; idle for too long\r\n")
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -218,7 +255,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
     def _run(self, item: Output) -> None:
         assert self.engine is not None
         if isinstance(item, bytes):
-            self.transport.write(item)
+            self.write(item)
         elif isinstance(item, Stream):
             self._blocked = True
             sender = _StreamSender(self, item.chunks)
@@ -233,6 +270,12 @@ class ImapProtocol(Protocol, TimeoutMixin):
             self._blocked = True
             callback = item.callback
             item.deferred.addBoth(lambda result: self._resume(lambda: callback(result)))
+        elif isinstance(item, StartCompression):
+            # RFC 4978 §3 / RFC 1951 raw DEFLATE; the tagged OK before it went out uncompressed
+            self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+            self._inflate = zlib.decompressobj(-15)
+            self._compressed_in = item.pending + self._compressed_in
+            self.ctx.reactor.callLater(0, self._resume_input)
         elif isinstance(item, StartTLS):
             # RFC 3501 §6.2.1: the engine has already dropped whatever was pipelined after STARTTLS
             self.transport.startTLS(self.ctx.tls.server_options())
@@ -247,6 +290,12 @@ class ImapProtocol(Protocol, TimeoutMixin):
         if self._gone:
             return
         self._handle(step())
+        self._resume_input()
+
+    def _resume_input(self) -> None:
+        """Compressed input held back while an action ran."""
+        if self._inflate is not None and self._compressed_in and not self._gone and not self._blocked:
+            self._feed_compressed()
 
     def _stream_done(self, _: Any) -> None:
         self._resume(lambda: self.engine.resume())  # type: ignore[union-attr]

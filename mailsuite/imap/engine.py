@@ -7,6 +7,8 @@ h11 style: the adapter feeds bytes with :meth:`ImapEngine.receive_data` and gets
 - :class:`Authenticate`  check a password (asynchronous); feed the result to :meth:`auth_result`;
 - :class:`Stream`        an iterator of byte chunks (big FETCH responses); when it is exhausted call
                          :meth:`resume`;
+- :class:`StartCompression`  RFC 4978 COMPRESS=DEFLATE: compress everything written after it and
+                         inflate the input (starting with ``pending``) before feeding it back;
 - :class:`Close`         close the connection after writing what came before.
 
 While an action is outstanding the engine reads no further command (input stays buffered), so replies
@@ -21,20 +23,18 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from twisted.logger import Logger
-
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..store.errors import InvalidMailboxName, MailboxExists, MailboxNotFound, MessageNotFound, StoreError
 from ..store.mailbox import InvalidFlag, normalize_flags, validate_keywords
 from ..store.names import decode_mutf7, encode_mutf7, validate_name
 from . import fetch as fetchmod
-from .backend import DELIMITER, UserMail, all_flags, split_flags
+from .backend import DELIMITER, UserMail, split_flags
 from .framing import Continue, Framer, Line, RawCommand, Refused, TooLong, tag_of
 from .message import Message
 from .mimeview import BinaryError, UnknownCharset
@@ -67,6 +67,14 @@ class Close:
 
 
 @dataclass
+class StartCompression:
+    """RFC 4978: from now on both directions are raw DEFLATE; ``pending`` is input that arrived after
+    the COMPRESS command and is already compressed."""
+
+    pending: bytes
+
+
+@dataclass
 class Stream:
     chunks: Iterator[bytes]
 
@@ -80,7 +88,7 @@ class Await:
     callback: Callable[[Any], list]
 
 
-Output = bytes | StartTLS | Authenticate | Close | Stream | Await
+Output = bytes | StartTLS | Authenticate | Close | Stream | Await | StartCompression
 
 
 @dataclass
@@ -100,7 +108,7 @@ class EngineConfig:
 EXTENSIONS = (
     "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN",
     "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "ESEARCH", "SEARCHRES", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
-    "UTF8=ACCEPT",
+    "UTF8=ACCEPT", "COMPRESS=DEFLATE",
 )
 ENABLEABLE = {"CONDSTORE", "UTF8=ACCEPT"}
 
@@ -132,6 +140,7 @@ class ImapEngine:
         self._pending_auth_tag: str | None = None
         self._after_stream: Callable[[], None] | None = None
         self.saved_result: list[int] = []
+        self.compressed = False
 
     # ------------------------------------------------------------------------------------ interface
 
@@ -308,7 +317,7 @@ class ImapEngine:
 
     _NOT_AUTH = {"STARTTLS", "AUTHENTICATE", "LOGIN"}
     _AUTH = {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB",
-             "STATUS", "APPEND", "IDLE", "NAMESPACE", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
+             "STATUS", "APPEND", "IDLE", "NAMESPACE", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA", "COMPRESS"}
     _SELECTED = {"CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UNSELECT"}
 
     def _command(self, cmd: Command) -> None:
@@ -763,6 +772,16 @@ class ImapEngine:
             return
         self._tagged(Command(tag, "IDLE"), "OK", "IDLE terminated")
 
+    def _cmd_compress(self, cmd: Command) -> None:
+        """RFC 4978 §3: answer uncompressed, then both sides switch to raw DEFLATE."""
+        if cmd.args["mechanism"] != "DEFLATE":
+            return self._tagged(cmd, "NO", "Unknown compression mechanism", "CANNOT")
+        if self.compressed:
+            return self._tagged(cmd, "NO", "DEFLATE already active", "COMPRESSIONACTIVE")
+        self._tagged(cmd, "OK", "DEFLATE active")
+        self.compressed = True
+        self._emit(StartCompression(self.framer.take_buffered()))
+
     def _cmd_getquotaroot(self, cmd: Command) -> None:
         """RFC 9208 §4.1.2: one quota root "" (the whole account) when a limit is configured, none
         otherwise (a QUOTA response needs a limit, RFC 9208 §5.1)."""
@@ -843,11 +862,12 @@ class ImapEngine:
                 return False
         return True
 
-    def _message(self, uid: int) -> Message:
+    def _message(self, uid: int, headers: "_HeaderBatch | None" = None) -> Message:
         sel = self.selected
         assert sel is not None
         mb = sel.mailbox
-        return Message(lambda: mb.open_message(uid), sel.infos[uid].size, lambda: mb.header_bytes(uid))
+        loader = (lambda: headers.get(uid)) if headers is not None else (lambda: mb.header_bytes(uid))
+        return Message(lambda: mb.open_message(uid), sel.infos[uid].size, loader)
 
     def _cmd_search(self, cmd: Command) -> None:
         """SEARCH (RFC 3501 §6.4.4), ESEARCH (RFC 4731), MODSEQ (RFC 7162 §3.1.5)."""
@@ -865,11 +885,12 @@ class ImapEngine:
         max_modseq = 0
         count = sel.count()
         max_uid = sel.uids[-1] if sel.uids else 0
+        batch = _HeaderBatch(sel)
         for i, uid in enumerate(sel.uids):
             if not sel.live(uid):
                 continue
             ctx = SearchContext(i + 1, sel.infos[uid], uid in sel.recent, count, max_uid,
-                                lambda uid=uid: self._message(uid), self.saved_result)
+                                lambda uid=uid: self._message(uid, batch), self.saved_result)
             try:
                 hit = matches(keys, ctx)
             except (OSError, MessageNotFound):
@@ -1053,6 +1074,31 @@ class ImapEngine:
 
     def _cmd_move(self, cmd: Command) -> None:
         self._cmd_copy(cmd, move=True)
+
+
+class _HeaderBatch:
+    """Header blocks for SEARCH, asked from the store's cache 500 messages at a time (one index query
+    instead of one per message)."""
+
+    SIZE = 500
+
+    def __init__(self, sel: Selected) -> None:
+        self.sel = sel
+        self.cache: dict[int, bytes] = {}
+
+    def get(self, uid: int) -> bytes:
+        header = self.cache.pop(uid, None)
+        if header is not None:
+            return header
+        sel = self.sel
+        start = max(sel.seq_of(uid) - 1, 0)
+        chunk = [u for u in sel.uids[start : start + self.SIZE] if sel.live(u)]
+        try:
+            self.cache = dict(sel.mailbox.headers(chunk))
+        except MessageNotFound:  # one of them vanished meanwhile: ask for this one alone
+            self.cache = {}
+            return sel.mailbox.header_bytes(uid)
+        return self.cache.pop(uid)
 
 
 def _has_modseq(key: tuple) -> bool:

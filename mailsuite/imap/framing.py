@@ -108,6 +108,14 @@ class Framer:
         self._skip_line = False
         self._skip_after_literal = False
 
+    def take_buffered(self) -> bytes:
+        """Remove and return the unread input (bytes that followed COMPRESS are compressed data,
+        RFC 4978 §3)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._scan = 0
+        return data
+
     def in_command(self) -> bool:
         """True while a command is partly received (between literal lines)."""
         return bool(self._lines) or self._literal_left is not None

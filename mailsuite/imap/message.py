@@ -11,16 +11,16 @@ from __future__ import annotations
 from typing import BinaryIO, Callable, Iterator
 
 CHUNK = 65536
-MAX_HEADER = 1 << 20
 
 
 class Message:
-    def __init__(
-        self, opener: Callable[[], BinaryIO], size: int, header_loader: Callable[[], bytes] | None = None
-    ) -> None:
+    """One message: ``opener`` opens its file, ``header_loader`` gives its header block (the store's
+    header cache, so FETCH/SEARCH of headers does not read message files)."""
+
+    def __init__(self, opener: Callable[[], BinaryIO], size: int, header_loader: Callable[[], bytes]) -> None:
         self._opener = opener
         self.size = size
-        self._header_loader = header_loader  # the store's header cache
+        self._header_loader = header_loader
         self._header: bytes | None = None
         self._raw: bytes | None = None
 
@@ -34,13 +34,7 @@ class Message:
     def header(self) -> bytes:
         """The header block including the empty line that ends it (RFC 3501 §6.4.5 HEADER)."""
         if self._header is None:
-            if self._header_loader is not None and self._raw is None:
-                self._header = self._header_loader()
-            elif self._raw is not None:
-                self._header = split_header(self._raw)
-            else:
-                with self._opener() as f:
-                    self._header = split_header(f.read(MAX_HEADER))
+            self._header = self._header_loader()
         return self._header
 
     def iter_range(self, start: int, length: int) -> Iterator[bytes]:
@@ -59,14 +53,3 @@ class Message:
                     data = b" " * left
                 left -= len(data)
                 yield data
-
-
-def split_header(data: bytes) -> bytes:
-    """Header block of ``data`` (up to and including the first empty line, or everything)."""
-    if data.startswith(b"\r\n"):
-        return b"\r\n"
-    idx = data.find(b"\r\n\r\n")
-    if idx < 0:
-        idx = data.find(b"\n\n")
-        return data if idx < 0 else data[: idx + 2]
-    return data[: idx + 4]

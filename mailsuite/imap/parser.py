@@ -550,6 +550,11 @@ def _id(cur: Cursor, args: dict) -> None:
     args["params"] = params
 
 
+def _compress(cur: Cursor, args: dict) -> None:  # RFC 4978 §3
+    cur.sp()
+    args["mechanism"] = cur.atom().upper()
+
+
 def _quota(cur: Cursor, args: dict) -> None:
     cur.sp()
     args["root"] = cur.astring()
@@ -839,5 +844,6 @@ _COMMANDS = {
     "EXPUNGE": _expunge, "SEARCH": _search, "FETCH": _fetch, "STORE": _store, "COPY": _copy,
     "MOVE": _copy, "IDLE": _no_args, "NAMESPACE": _no_args, "ID": _id, "ENABLE": _enable,
     "UNSELECT": _no_args, "GETQUOTA": _quota, "GETQUOTAROOT": _quota, "SETQUOTA": _setquota,
+    "COMPRESS": _compress,
 }
 _UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}

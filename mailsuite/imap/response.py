@@ -20,10 +20,6 @@ def string(value: str | bytes | None, utf8: bool = True) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
-def literal(data: bytes) -> bytes:
-    return b"{%d}\r\n" % len(data) + data
-
-
 def astring(value: str) -> bytes:
     """An atom when it is one (mailbox names, keywords), else a string."""
     data = value.encode("utf-8")

@@ -7,7 +7,8 @@ from pathlib import Path
 from twisted.internet import defer
 
 from mailsuite.imap.backend import UserMail
-from mailsuite.imap.engine import Authenticate, Await, Close, EngineConfig, ImapEngine, StartTLS, Stream
+from mailsuite.imap.engine import (Authenticate, Await, Close, EngineConfig, ImapEngine, StartCompression, StartTLS,
+                                   Stream)
 from mailsuite.store import Store
 
 USERS = {"alice@example.org": "secret", "bob@example.org": "hunter2"}
@@ -60,7 +61,7 @@ class Session:
                 item.deferred.addBoth(results.append)
                 assert results, "test store runner is synchronous"
                 queue = item.callback(results[0]) + queue
-            elif isinstance(item, StartTLS):
+            elif isinstance(item, (StartTLS, StartCompression)):
                 self.actions.append(item)
             elif isinstance(item, Close):
                 self.closed = True

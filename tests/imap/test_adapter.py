@@ -145,3 +145,36 @@ def test_autologout(env):
 def test_not_an_imap_service(env):
     with pytest.raises(ValueError):
         build_factory(env, "pop3")
+
+
+def test_compress_deflate(env):
+    import zlib
+
+    factory = build_factory(env, "imaps")
+    proto, tr = connect(env, factory)
+    proto.dataReceived(b"a LOGIN alice@example.org secret\r\n")
+    tr.clear()
+    client_out = zlib.compressobj(6, zlib.DEFLATED, -15)
+    client_in = zlib.decompressobj(-15)
+
+    def z(data: bytes) -> bytes:
+        return client_out.compress(data) + client_out.flush(zlib.Z_SYNC_FLUSH)
+
+    # a client that pipelines compressed commands right after COMPRESS
+    proto.dataReceived(b"b COMPRESS DEFLATE\r\n" + z(b"c SELECT INBOX\r\n"))
+    assert tr.value() == b"b OK DEFLATE active\r\n"
+    tr.clear()
+    env.reactor.advance(0)
+    proto.dataReceived(z(b"d APPEND INBOX {%d+}\r\n" % len(MESSAGE) + MESSAGE + b"\r\ne FETCH 1 BODY[]\r\n"))
+    out = client_in.decompress(drain(tr))
+    assert b"c OK [READ-WRITE]" in out and b"d OK [APPENDUID" in out
+    assert MESSAGE in out and out.endswith(b"e OK FETCH completed\r\n")
+    # a decompression bomb is inflated step by step, and a too-long line is refused, not stored
+    proto.dataReceived(z(b"f NOOP " + b"x" * 3_000_000 + b"\r\ng NOOP\r\n"))
+    out = client_in.decompress(tr.value())
+    assert b"f BAD Line too long" in out and out.endswith(b"g OK NOOP completed\r\n")
+    assert proto.engine.framer.buffered() < 200_000
+    tr.clear()
+    proto.dataReceived(b"garbage that is not deflate \xff\xff\xff")
+    assert tr.closed
+    proto.connectionLost(None)

@@ -8,7 +8,7 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from .harness import MESSAGE, USERS, Session, make_store
+from .harness import MESSAGE, Session, make_store
 from .imapcheck import fetch_items, responses, tagged, untagged
 from mailsuite.imap.engine import Authenticate, StartTLS
 
@@ -496,3 +496,52 @@ def test_list_extended_recursivematch_childinfo(s):
     out = s.cmd('g LIST (SPECIAL-USE) "" "*" RETURN (STATUS (MESSAGES))')
     assert {r[4] for r in untagged(out, b"LIST")} == {b"Archive", b"Drafts", b"Junk", b"Sent", b"Trash"}
     assert len(untagged(out, b"STATUS")) == 5
+
+
+def test_rfc822_items_and_seen(s):
+    append(s)
+    s.cmd("a SELECT INBOX")
+    out = s.cmd("b FETCH 1 (RFC822.HEADER RFC822.SIZE)")
+    items = fetch_items(untagged(out, b"FETCH")[0])
+    assert items[b"RFC822.HEADER"] == MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    assert b"\\Seen" not in out  # RFC822.HEADER is a peek (RFC 3501 §6.4.5)
+    out = s.cmd("c FETCH 1 (RFC822.TEXT)")
+    items = fetch_items(untagged(out, b"FETCH")[0])
+    assert items[b"RFC822.TEXT"] == b"Hi Bob,\r\nlunch?\r\n" and b"\\Seen" in items[b"FLAGS"]
+    out = s.cmd("d UID FETCH 1 (RFC822 BODY[HEADER.FIELDS.NOT (To Date Message-ID)] BODY[1] BODY[1.MIME])")
+    items = fetch_items(untagged(out, b"FETCH")[0])
+    assert items[b"RFC822"] == MESSAGE and items[b"UID"] == b"1"
+    assert items[b"BODY[HEADER.FIELDS.NOT (TO DATE MESSAGE-ID)]"] == (
+        b"From: Alice <alice@example.org>\r\nSubject: Hello there\r\n\r\n")
+    assert items[b"BODY[1]"] == b"Hi Bob,\r\nlunch?\r\n"
+    out = s.cmd("e FETCH 1 (BODY[]<200.10> BODY[TEXT]<3.4> BINARY.PEEK[1] BINARY.SIZE[1])")
+    items = fetch_items(untagged(out, b"FETCH")[0])
+    assert items[b"BODY[]<200>"] == b"" and items[b"BODY[TEXT]<3>"] == b"Bob,"
+    assert items[b"BINARY[1]"] == b"Hi Bob,\r\nlunch?\r\n" and items[b"BINARY.SIZE[1]"] == b"17"
+
+
+def test_utf8_accept_append_and_names(s):
+    s.cmd("a ENABLE UTF8=ACCEPT")
+    assert tagged(s.cmd('b CREATE "Entwürfe"'.encode()), b"b")[1] == b"OK"
+    msg = "Subject: grüße\r\n\r\nhallo\r\n".encode()
+    out = s.send(b'c APPEND "Entw\xc3\xbcrfe" UTF8 (~{%d+}\r\n' % len(msg) + msg + b")\r\n")
+    assert b"c OK [APPENDUID" in out
+    out = s.cmd('d SELECT "Entwürfe"'.encode())
+    assert b"* 1 EXISTS" in out
+    out = s.cmd("e FETCH 1 BODY.PEEK[]")
+    assert msg in out
+    assert '"." "Entwürfe"'.encode() in s.cmd('f LIST "" "*"')
+
+
+def test_compress_deflate_switch(s):
+    from mailsuite.imap.engine import StartCompression
+
+    out = s.cmd("a COMPRESS BROTLI")
+    assert tagged(out, b"a")[1] == b"NO"
+    out = s.send(b"b COMPRESS DEFLATE\r\n\x78\x9c-compressed-bytes")
+    assert out == b"b OK DEFLATE active\r\n"
+    action = s.actions[-1]
+    assert isinstance(action, StartCompression) and action.pending == b"\x78\x9c-compressed-bytes"
+    assert b"[COMPRESSIONACTIVE]" in s.cmd("c COMPRESS DEFLATE")
+    pre = Session(s.store)
+    assert tagged(pre.cmd("d COMPRESS DEFLATE"), b"d")[1] == b"BAD"  # not before authentication

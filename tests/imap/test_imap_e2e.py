@@ -19,7 +19,7 @@ import pytest
 
 from tests.server import HOST, MailServer
 
-from .imapcheck import fetch_items, responses, tagged, untagged
+from .imapcheck import fetch_items, tagged, untagged
 
 IN_CI = os.environ.get("CI") == "true"
 PASSWORD = "Secret pw 1"
@@ -428,3 +428,41 @@ def test_big_message_streamed_over_tls(srv):
         assert typ == "OK" and len(got) == 61
     finally:
         m.logout()
+
+
+def test_compress_deflate_over_tls(srv):
+    """RFC 4978 as Thunderbird uses it: COMPRESS DEFLATE after login, then everything compressed."""
+    import zlib
+
+    smtp_deliver(srv, "erin@example.org", message(1, "compressed"))
+    c = Raw(srv, "imaps")
+    c.command(b"a", b"LOGIN erin@example.org \"" + PASSWORD.encode() + b"\"")
+    assert c.command(b"b", b"COMPRESS DEFLATE") == b"b OK DEFLATE active\r\n"
+    out_z = zlib.compressobj(6, zlib.DEFLATED, -15)
+    in_z = zlib.decompressobj(-15)
+    c.sock.sendall(out_z.compress(b'c SELECT "INBOX"\r\nd UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[])\r\n'
+                                  b"e LOGOUT\r\n") + out_z.flush(zlib.Z_SYNC_FLUSH))
+    got = b""
+    while not got.endswith(b"e OK LOGOUT completed\r\n"):
+        chunk = c.sock.recv(65536)
+        assert chunk, got
+        got += in_z.decompress(chunk)
+    assert b"c OK [READ-WRITE]" in got and message(1, "compressed") in got and b"d OK" in got
+    c.close()
+
+
+def test_plaintext_loopback_exemption(tmp_path):
+    server = MailServer(tmp_path, services=("imap",), allow_plaintext_loopback=True)
+    server.add_user("alice@example.org", PASSWORD)
+    with server:
+        m = imaplib.IMAP4(HOST, server.port("imap"))
+        assert "LOGINDISABLED" not in m.capabilities and "AUTH=PLAIN" in m.capabilities
+        assert m.login("alice@example.org", PASSWORD)[0] == "OK"
+        m.logout()
+        m = imaplib.IMAP4(HOST, server.port("imap"))
+        for _ in range(2):
+            with pytest.raises(imaplib.IMAP4.error):
+                m.login("alice@example.org", "wrong")
+        with pytest.raises((imaplib.IMAP4.abort, imaplib.IMAP4.error)):
+            m.login("alice@example.org", "wrong")  # the third failure ends the session (auth.max_failures)
+    assert "mailsuite auth failure: service=imap ip=127.0.0.1 user=alice@example.org" in server.log_text()
