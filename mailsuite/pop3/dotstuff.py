@@ -67,7 +67,10 @@ class DotStuffer:
 
     def _normalise(self, chunk: bytes) -> bytes:
         """Bare LF → CRLF, looking one byte back across the chunk boundary."""
-        if b"\n" in chunk:
+        lf = chunk.count(b"\n")
+        # Fast path (the store keeps CRLF files): every LF is preceded by CR, counted at C speed.
+        crlf = chunk.count(b"\r\n") + (1 if self._last_cr and chunk[:1] == b"\n" else 0)
+        if lf != crlf:
             prefix = b"\r" if self._last_cr else b"x"
             chunk = _BARE_LF.sub(b"\r\n", prefix + chunk)[1:]
         self._last_cr = chunk.endswith(b"\r")
