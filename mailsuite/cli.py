@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .accounts import Accounts, AccountsFileError
+from .accounts.files import normalise_address
 from .config import ConfigError, Settings, load_settings
+from .store.errors import StoreError
 
 __all__ = ["main"]
 
@@ -68,12 +70,13 @@ def cmd_user(args: argparse.Namespace) -> int:
         return 0
     if args.action == "add":
         password = _read_password(args)
-        accounts.add_user(args.address, password, args.scheme)
+        user = normalise_address(args.address)
+        accounts.add_user(user, password, args.scheme)
         from .store import Store
         store = Store(settings.mail_dir)
-        store.create_user(args.address.lower())
+        store.create_user(user)
         _match_owner(settings.data_dir, settings.data_dir)
-        print(f"added {args.address.lower()}")
+        print(f"added {user}")
     elif args.action == "passwd":
         if not accounts.user_exists(args.address):
             raise CLIError(f"no user {args.address}")
@@ -200,6 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         return func(args)
     except (ConfigError, AccountsFileError, CLIError) as exc:
         print(f"mailsuite: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # a data directory that is a file, a read-only disk, no permission: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mailsuite: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"mailsuite: mail store: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

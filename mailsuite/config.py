@@ -128,11 +128,6 @@ class RelaySettings:
 
 
 @dataclass(frozen=True)
-class LogSettings:
-    level: str = "info"
-
-
-@dataclass(frozen=True)
 class Settings:
     hostname: str = field(default_factory=_default_hostname)
     domains: tuple[str, ...] = ()
@@ -145,7 +140,6 @@ class Settings:
     pop3: POP3Settings = field(default_factory=POP3Settings)
     imap: IMAPSettings = field(default_factory=IMAPSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
-    log: LogSettings = field(default_factory=LogSettings)
     source: str = "<built-in defaults>"
 
     @property
@@ -168,7 +162,6 @@ class Settings:
 SECTIONS: dict[str, type] = {
     "listen": ListenSettings, "tls": TLSSettings, "auth": AuthSettings, "accounts": AccountSettings,
     "smtp": SMTPSettings, "pop3": POP3Settings, "imap": IMAPSettings, "relay": RelaySettings,
-    "log": LogSettings,
 }
 TOP_KEYS = ("hostname", "domains", "data_dir")
 
@@ -264,7 +257,6 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("smtp", "vrfy"): ("252", "502"),
     ("relay", "smarthost_tls"): ("starttls", "implicit"),
     ("relay", "starttls"): ("opportunistic", "required", "off"),
-    ("log", "level"): ("debug", "info", "warn", "error"),
 }
 _POSITIVE = {("auth", "max_failures"), ("smtp", "max_message_size"), ("smtp", "max_recipients"),
              ("smtp", "max_line_length"), ("smtp", "max_connections_per_ip"), ("smtp", "command_timeout"),

@@ -22,10 +22,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from . import __version__
-from .accounts import Accounts
+from .accounts import Accounts, AccountsFileError
 from .config import IMPLICIT_TLS, SERVICES, Settings
 from .context import ServerContext
-from .tls import TLSManager
+from .store.errors import StoreError
+from .tls import TLSError, TLSManager
 
 log = Logger()
 
@@ -38,6 +39,11 @@ ADAPTERS = {
 }
 
 
+#: what mailsuite keeps at the top of its data directory (see README "Storage")
+OWN_ENTRIES = frozenset({"users", "users.lock", "aliases", "aliases.lock", "mail", "queue", "tls",
+                         ".users.lock", ".aliases.lock", "lost+found"})
+
+
 class StartupError(Exception):
     """Start-up can't go on; the message is the one line shown to the user."""
 
@@ -45,6 +51,8 @@ class StartupError(Exception):
 def build_context(settings: Settings, reactor: Any) -> ServerContext:
     """Create the shared objects: accounts, store, TLS (self-signed certificate on first start)."""
     from .store import Store
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        raise StartupError(f"mailsuite: data_dir {settings.data_dir} is not a directory; fix data_dir in the config")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys([settings.hostname, *settings.domains,
                                 *(f"mail.{d}" for d in settings.domains), "localhost"]))
@@ -98,10 +106,25 @@ class MailService(service.MultiService):
             self._start_relay()
             self._bind_all()
             self._own_data_dir()
+            self._warn_unreadable_tls()
         except StartupError as exc:
-            print(str(exc), file=sys.stderr, flush=True)
-            os._exit(1)  # twistd would print a traceback for anything else; the line above is the message
+            self._fail(str(exc))
+        except (AccountsFileError, TLSError) as exc:
+            # a users/aliases file or certificate that can't be used: the message names the file (and line)
+            self._fail(f"mailsuite: {exc}")
+        except StoreError as exc:
+            self._fail(f"mailsuite: mail store {self.settings.mail_dir}: {exc}")
+        except OSError as exc:
+            # e.g. data_dir is a file, or not writable: name the path and the reason, not a traceback
+            where = exc.filename or self.settings.data_dir
+            self._fail(f"mailsuite: cannot use {where}: {exc.strerror or exc} (check data_dir in the config and the "
+                       "permissions of the data directory)")
         super().privilegedStartService()
+
+    @staticmethod
+    def _fail(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        os._exit(1)  # twistd would print a traceback for anything else; the line above is the message
 
     def _start_relay(self) -> None:
         assert self.ctx is not None
@@ -142,7 +165,12 @@ class MailService(service.MultiService):
                 try:
                     endpoint = endpoints.serverFromString(self.reactor, description)
                 except Exception as exc:  # bad systemd index, bad option: name the key
-                    raise StartupError(f"mailsuite: [listen] {name}: cannot use endpoint {description!r}: {exc}")
+                    hint = ""
+                    if description.startswith("systemd:"):
+                        hint = (f" (systemd passed {os.environ.get('LISTEN_FDS', 'no')} sockets: start mailsuite "
+                                "through its .socket unit, one ListenStream per systemd: endpoint, in order)")
+                    raise StartupError(f"mailsuite: [listen] {name}: cannot use endpoint {description!r}: "
+                                       f"{exc}{hint}")
                 result: list[Any] = []
                 endpoint.listen(factory).addBoth(result.append)
                 if not result:
@@ -157,11 +185,54 @@ class MailService(service.MultiService):
             return
         uid, gid = self.run_as
         top = self.settings.data_dir
-        if top.stat().st_uid == uid and all(p.stat().st_uid == uid for p in top.iterdir()):
+        entries = list(top.iterdir())
+        if top.stat().st_uid == uid and all(p.lstat().st_uid == uid for p in entries):
             return
-        for root, dirs, files in os.walk(top):
-            for entry in [root, *(os.path.join(root, n) for n in dirs + files)]:
-                os.lchown(entry, uid, gid)
+        strangers = sorted(p.name for p in entries if p.name not in OWN_ENTRIES)
+        if strangers:
+            # a mistyped data_dir (say /var) must never be handed over wholesale
+            raise StartupError(f"mailsuite: data_dir {top} holds files mailsuite did not make "
+                               f"({', '.join(strangers[:5])}); refusing to give it to uid {uid}. "
+                               "Point data_dir at a directory of its own, or chown it yourself")
+        os.lchown(top, uid, gid)
+        for entry in entries:
+            os.lchown(entry, uid, gid)
+            if entry.is_dir() and not entry.is_symlink():
+                for root, dirs, files in os.walk(entry):   # os.walk and lchown never follow symlinks
+                    for name in dirs + files:
+                        os.lchown(os.path.join(root, name), uid, gid)
+
+    def _warn_unreadable_tls(self) -> None:
+        """SIGHUP re-reads the [tls] files after --uid has dropped root: say at start if that user can't read them
+        (Let's Encrypt keys are root-only), instead of failing at the first renewal."""
+        assert self.ctx is not None
+        if self.run_as is None or os.geteuid() != 0 or self.ctx.tls.self_signed:
+            return
+        import pwd
+        uid, gid = self.run_as
+        try:
+            groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
+        except KeyError:
+            groups = [gid]
+        saved, saved_egid = os.getgroups(), os.getegid()
+        unreadable = []
+        try:
+            os.setgroups(groups)
+            os.setegid(gid)
+            os.seteuid(uid)
+            for path in (self.ctx.tls.cert_path, self.ctx.tls.key_path):
+                try:
+                    open(path, "rb").close()
+                except OSError:
+                    unreadable.append(str(path))
+        finally:
+            os.seteuid(0)
+            os.setegid(saved_egid)
+            os.setgroups(saved)
+        if unreadable:
+            log.warn("TLS: {files} not readable by uid {uid}: the certificate in use stays, but SIGHUP can't "
+                     "reload renewed files; copy them where that user can read them (e.g. a certbot deploy hook)",
+                     files=", ".join(unreadable), uid=uid)
 
     def startService(self) -> None:
         super().startService()
@@ -174,7 +245,6 @@ class MailService(service.MultiService):
     def _banner(self) -> None:
         assert self.ctx is not None
         s = self.settings
-        log.info("mailsuite {version} started (config: {source})", version=__version__, source=s.source)
         for name, description, port in self.ports:
             host = port.getHost()
             where = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}" if hasattr(host, "port") else str(host)
@@ -188,6 +258,8 @@ class MailService(service.MultiService):
             config = f" --config {s.source}" if not s.source.startswith("<") else ""
             log.info("no users yet; add the first one with: mailsuite{config} user add you@{domain}",
                      config=config, domain=s.domains[0])
+        # the last line of the banner: everything is up (tests/server.py waits for it)
+        log.info("mailsuite {version} started (config: {source})", version=__version__, source=s.source)
 
     def stopService(self) -> defer.Deferred:
         stopping = [defer.maybeDeferred(port.stopListening) for _n, _d, port in self.ports]

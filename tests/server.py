@@ -96,6 +96,14 @@ max_failures = 3
                 raise RuntimeError(f"server did not listen on {pending} in {timeout}s:\n{self.log_text()}")
             if pending:
                 time.sleep(0.05)
+        # the ports accept connections (kernel backlog) before startService has run: wait for its banner too
+        while " started (config: " not in self.log_text():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"server did not finish starting in {timeout}s:\n{self.log_text()}")
+            time.sleep(0.05)
         return self
 
     def stop(self, timeout: float = 20.0) -> int | None:

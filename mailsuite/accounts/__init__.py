@@ -18,8 +18,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .cred import IMailAccount, make_portal
-from .files import (ADDRESS_RE, AccountsFileError, UserEntry, locked, normalise_address, parse_aliases,
-                    parse_users, write_lines)
+from .files import (ADDRESS_RE, USER_RE, AccountsFileError, UserEntry, locked, normalise_address,
+                    parse_aliases, parse_users, write_lines)
 from .passwords import PasswordFormatError, hash_password, verify_password
 
 __all__ = ["Accounts", "Resolution", "LocalTarget", "AccountsFileError", "AUTH_FAILURE_FORMAT"]
@@ -56,16 +56,31 @@ class _Watched:
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
             stamp = (0, 0, 0)
+        except OSError as exc:
+            # unreadable directory, a path component that is a file: the same rule as a syntax error
+            stamp = (-1, exc.errno or 0, 0)
         if stamp != self._stamp:
-            text = self.path.read_text(encoding="utf-8") if stamp != (0, 0, 0) else ""
             try:
-                self.value = self._parse(self.path, text)
+                self.value = self._parse(self.path, self._read(stamp))
             except AccountsFileError as exc:
                 if self._stamp is None:
                     raise
                 log.error("{err}; keeping the previous version", err=str(exc))
             self._stamp = stamp
         return self.value
+
+    def _read(self, stamp: tuple[int, int, int]) -> str:
+        """The file's text ("" when it does not exist); AccountsFileError when it can't be read."""
+        if stamp == (0, 0, 0):
+            return ""
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            raise AccountsFileError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise AccountsFileError(f"{self.path}: not valid UTF-8 (byte {exc.start})") from None
 
 
 class Accounts:
@@ -310,6 +325,8 @@ class Accounts:
     def _check_new_address(self, user: str) -> None:
         if not ADDRESS_RE.match(user):
             raise AccountsFileError(f"{user!r} is not a valid address (expected name@domain)")
+        if not USER_RE.match(user):
+            raise AccountsFileError(f"{user}: a user name can't contain '/' or start with '.' (it names a directory)")
         domain = user.rpartition("@")[2]
         if not self.is_local_domain(domain):
             raise AccountsFileError(f"{user}: {domain} is not one of the local domains "

@@ -22,10 +22,13 @@ from typing import Iterator
 from .passwords import PasswordFormatError, scheme_of
 
 __all__ = ["AccountsFileError", "parse_users", "parse_aliases", "write_lines", "locked", "normalise_address",
-           "ADDRESS_RE"]
+           "ADDRESS_RE", "USER_RE"]
 
 ADDRESS_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]+@[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+#: a local user: like ADDRESS_RE, but the local part names a directory of the store (``mail/<domain>/<local>``),
+#: so no ``/`` and no leading ``.`` (no ``..``, no hidden or Maildir++ folder names; DESIGN §4)
+USER_RE = re.compile(r"^[a-z0-9!#$%&'*+=?^_`{|}~-][a-z0-9!#$%&'*+=?^_`{|}~.-]{0,254}@[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 
 
 class AccountsFileError(Exception):
@@ -53,6 +56,8 @@ def parse_users(path: Path, text: str) -> dict[str, UserEntry]:
         name = normalise_address(name)
         if not sep or not ADDRESS_RE.match(name):
             raise AccountsFileError(f"{path}:{number}: expected 'user@domain:{{SCHEME}}hash', got {raw[:60]!r}")
+        if not USER_RE.match(name):
+            raise AccountsFileError(f"{path}:{number}: {name}: a user name can't contain '/' or start with '.'")
         # The hash itself may contain ':' only in no scheme we support; Dovecot's extra fields follow it.
         password_hash = rest.split(":", 1)[0]
         try:

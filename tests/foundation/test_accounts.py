@@ -158,3 +158,44 @@ def test_authenticate_through_the_portal(accounts: Accounts) -> None:
         if fresh:
             reactor._stopThreadPool()  # detach it again, so later trial tests find the reactor as it was
         globalLogPublisher.removeObserver(observer)
+
+
+def test_user_names_that_would_escape_the_store_are_refused(accounts: Accounts, tmp_path: Path) -> None:
+    """The local part names a directory (mail/<domain>/<local>): no '/', no leading '.' (DESIGN §4)."""
+    for bad in ("a/b@example.org", "../x@example.org", ".hidden@example.org", "..@example.org"):
+        with pytest.raises(AccountsFileError, match="can't contain '/' or start with '.'"):
+            accounts.add_user(bad, "x" * 10, "SCRYPT")
+    assert accounts.users() == ["alice@example.org", "bob@example.net"]
+    line = (tmp_path / "users").read_text().splitlines()[0].replace("alice@", "../../etc@", 1)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "users").write_text(line + "\n")
+    with pytest.raises(AccountsFileError, match=r"users:1: \.\./\.\./etc@example.org: a user name can't"):
+        Accounts(tmp_path / "other" / "users", tmp_path / "other" / "aliases", ("example.org",))
+
+
+def test_bad_edit_while_running_keeps_the_previous_version(accounts: Accounts, tmp_path: Path) -> None:
+    """A users file broken by hand (syntax, encoding, made unreadable) never takes the running server down."""
+    users = tmp_path / "users"
+    good = users.read_text()
+    assert accounts.users() == ["alice@example.org", "bob@example.net"]     # the version the server runs with
+    for broken in (b"alice@example.org has no hash\n", b"\xff\xfe not UTF-8\n"):
+        users.write_bytes(broken)
+        os.utime(users, ns=(time.time_ns(), time.time_ns() + 10**9))
+        assert accounts.user_exists("alice@example.org")
+        assert accounts.check_password_sync("alice@example.org", "alice-password") == "alice@example.org"
+    users.unlink()
+    users.mkdir()                     # read() fails with an OSError
+    assert accounts.users() == ["alice@example.org", "bob@example.net"]
+    users.rmdir()
+    users.write_text(good)
+    assert accounts.users() == ["alice@example.org", "bob@example.net"]
+
+
+def test_unreadable_users_file_at_start_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "users").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(AccountsFileError, match=r"users: not valid UTF-8"):
+        make(tmp_path)
+    (tmp_path / "users").unlink()
+    (tmp_path / "users").mkdir()
+    with pytest.raises(AccountsFileError, match=r"users: cannot read"):
+        make(tmp_path)

@@ -50,6 +50,15 @@ def test_tls_refuses_old_protocols(mailserver: MailServer) -> None:
             context.wrap_socket(raw).do_handshake()
 
 
+def wait_started(proc: subprocess.Popen, srv: MailServer) -> None:
+    """Until the banner's last line is in ``srv.logfile`` (ports accept connections before that, and a
+    SIGTERM sent before twistd's handlers are in place kills the process without a clean stop)."""
+    deadline = time.monotonic() + 30
+    while " started (config: " not in srv.log_text():
+        assert proc.poll() is None and time.monotonic() < deadline, srv.log_text()
+        time.sleep(0.1)
+
+
 def run_twistd(config: Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*TWISTD, "--nodaemon", "--pidfile=", "mailsuite", "--config",
                            str(config)], capture_output=True, text=True, env=env(), cwd=str(cwd), timeout=60)
@@ -151,21 +160,15 @@ def test_installed_package_provides_plugin_and_command(tmp_path: Path) -> None:
                               env=clean_env, cwd=str(tmp_path), timeout=60).stdout
     assert "mailsuite" in helptext
     srv = MailServer(tmp_path / "run", services=("smtp", "imap"))
-    proc = subprocess.Popen([*twistd, "-n", "--pidfile=", "mailsuite", "--config",
-                             str(srv.config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=clean_env,
-                            cwd=str(tmp_path))
+    with open(srv.logfile, "wb") as logfile:
+        proc = subprocess.Popen([*twistd, "-n", "--pidfile=", "mailsuite", "--config", str(srv.config)],
+                                stdout=logfile, stderr=subprocess.STDOUT, env=clean_env, cwd=str(tmp_path))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", srv.port("smtp")), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
-                time.sleep(0.1)
+        wait_started(proc, srv)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out = proc.communicate(timeout=30)[0].decode()
+        proc.wait(timeout=30)
+    out = srv.log_text()
     assert proc.returncode in (0, -signal.SIGTERM) and "Server Shut Down." in out, out
     cli = subprocess.run([str(venv / "bin" / "mailsuite"), "--config", str(srv.config), "user", "list"],
                          capture_output=True, text=True, env=clean_env, cwd=str(tmp_path), timeout=60)
@@ -182,18 +185,12 @@ def test_root_start_drops_to_uid_and_hands_over_the_data_dir(tmp_path: Path) -> 
     try:
         srv = MailServer(base, services=("pop3",), allow_plaintext_loopback=True)
         srv.add_user("alice@example.org", "alice-password")       # as root, before the first start
-        proc = subprocess.Popen([*TWISTD, "--nodaemon", "--pidfile=", f"--uid={nobody.pw_uid}",
-                                 f"--gid={nobody.pw_gid}", "mailsuite", "--config", str(srv.config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), cwd=str(base))
+        with open(srv.logfile, "wb") as logfile:
+            proc = subprocess.Popen([*TWISTD, "--nodaemon", "--pidfile=", f"--uid={nobody.pw_uid}",
+                                     f"--gid={nobody.pw_gid}", "mailsuite", "--config", str(srv.config)],
+                                    stdout=logfile, stderr=subprocess.STDOUT, env=env(), cwd=str(base))
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", srv.port("pop3")), timeout=1).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
-                    time.sleep(0.1)
+            wait_started(proc, srv)      # ports accept connections while still root; the banner comes after the drop
             status = Path(f"/proc/{proc.pid}/status").read_text()
             uid_line = next(l for l in status.splitlines() if l.startswith("Uid:"))
             assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
@@ -209,6 +206,107 @@ def test_root_start_drops_to_uid_and_hands_over_the_data_dir(tmp_path: Path) -> 
             pop.quit()
         finally:
             proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=30)
+            proc.wait(timeout=30)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("users-syntax", "users:1: expected 'user@domain:{SCHEME}hash'"),
+    ("users-not-utf8", "users: not valid UTF-8"),
+    ("users-is-a-directory", "users: cannot read"),
+    ("data-dir-is-a-file", "is not a directory; fix data_dir"),
+    ("cert-not-pem", "no PEM certificate found"),
+    ("systemd-without-socket", "systemd passed no sockets"),
+])
+def test_unusable_files_at_start_are_one_line(tmp_path: Path, case: str, expected: str) -> None:
+    """Files the config points at but that can't be used end the start with one line naming the file."""
+    srv = MailServer(tmp_path, services=("pop3",))
+    data = srv.data_dir
+    if case == "data-dir-is-a-file":
+        data.write_text("not a directory\n")
+    else:
+        data.mkdir()
+    if case == "users-syntax":
+        (data / "users").write_text("alice@example.org secret\n")
+    elif case == "users-not-utf8":
+        (data / "users").write_bytes(b"\xff\xfe\n")
+    elif case == "users-is-a-directory":
+        (data / "users").mkdir()
+    elif case == "systemd-without-socket":
+        srv.config.write_text(srv.config.read_text().replace(f"tcp:{srv.port('pop3')}:interface=127.0.0.1",
+                                                             "systemd:domain=INET:index=0"))
+    elif case == "cert-not-pem":
+        (tmp_path / "cert.pem").write_text("not a certificate\n")
+        srv.config.write_text(srv.config.read_text() + f'\n[tls]\ncert = "{tmp_path}/cert.pem"\n'
+                              f'key = "{tmp_path}/cert.pem"\n')
+    result = run_twistd(srv.config, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output, output
+    assert len([l for l in output.splitlines() if expected in l]) == 1, output
+
+
+def test_cli_errors_are_one_line(mailserver: MailServer) -> None:
+    """Bad input to the admin command: one line, status 1, and nothing half-done."""
+    for bad in ("a/b@example.org", ".hidden@example.org"):
+        result = mailserver.cli("user", "add", bad, "--password-stdin", input="long-enough-pw\n")
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "can't contain '/' or start with '.'" in result.stderr
+    assert mailserver.cli("user", "list").stdout == ""
+    mailserver.data_dir.mkdir()
+    (mailserver.data_dir / "mail").write_text("a file where the store should be\n")
+    result = mailserver.cli("user", "add", "alice@example.org", "--password-stdin", input="long-enough-pw\n")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(mailserver.data_dir / "mail") in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root (CI runs as root)")
+def test_root_only_certificate_key_is_reported_at_start(tmp_path: Path) -> None:
+    """With --uid, SIGHUP re-reads [tls] cert/key as that user: a root-only key (Let's Encrypt's) is reported
+    at start, and the server still runs with the certificate it loaded as root."""
+    import pwd
+    import tempfile
+    from mailsuite.tls import make_self_signed
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="mailsuite-tls-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        live = base / "live"
+        live.mkdir(mode=0o700)
+        make_self_signed(live / "fullchain.pem", live / "privkey.pem", ["mail.example.org"])
+        srv = MailServer(base, services=("pop3s",))
+        srv.config.write_text(srv.config.read_text() + f'\n[tls]\ncert = "{live}/fullchain.pem"\n'
+                              f'key = "{live}/privkey.pem"\n')
+        with open(srv.logfile, "wb") as logfile:
+            proc = subprocess.Popen([*TWISTD, "--nodaemon", "--pidfile=", f"--uid={nobody.pw_uid}",
+                                     f"--gid={nobody.pw_gid}", "mailsuite", "--config", str(srv.config)],
+                                    stdout=logfile, stderr=subprocess.STDOUT, env=env(), cwd=str(base))
+        try:
+            wait_started(proc, srv)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        out = srv.log_text()
+        assert f"privkey.pem not readable by uid {nobody.pw_uid}" in out, out
+        assert "fullchain.pem" in out and "Traceback" not in out
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root (CI runs as root)")
+def test_root_start_never_hands_over_a_foreign_directory(tmp_path: Path) -> None:
+    """A mistyped data_dir (say /var) must not be chowned to the service user."""
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    srv = MailServer(tmp_path, services=("pop3",))
+    srv.data_dir.mkdir()
+    precious = srv.data_dir / "someone-elses-file"
+    precious.write_text("keep me root's")
+    result = subprocess.run([*TWISTD, "--nodaemon", "--pidfile=", f"--uid={nobody.pw_uid}",
+                             f"--gid={nobody.pw_gid}", "mailsuite", "--config", str(srv.config)],
+                            capture_output=True, text=True, env=env(), cwd=str(tmp_path), timeout=60)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "refusing to give it to uid" in output and "someone-elses-file" in output
+    assert "Traceback" not in output
+    assert precious.stat().st_uid == 0 and srv.data_dir.stat().st_uid == 0

@@ -118,3 +118,15 @@ def test_chain_is_sent_and_sighup_reloads_without_dropping(tmp_path: Path) -> No
         assert peer_cn(connect(second, "second.example.org")) == "second.example.org"
     finally:
         srv.stop()
+
+
+def test_self_signed_key_is_private_even_over_an_old_file(tmp_path: Path) -> None:
+    """A key left from a half-made pair (no certificate) is rewritten with mode 0600, not its old mode."""
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    old_key = tls_dir / "selfsigned-key.pem"
+    old_key.write_text("left over\n")
+    old_key.chmod(0o644)
+    manager = TLSManager(None, None, data_dir=tmp_path, names=["mail.example.org"])
+    assert manager.key_path == old_key and (old_key.stat().st_mode & 0o777) == 0o600
+    assert b"PRIVATE KEY" in old_key.read_bytes()
