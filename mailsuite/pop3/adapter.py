@@ -96,6 +96,28 @@ class _MessageSender:
             self.deferred.errback(error)
 
 
+@implementer(interfaces.IPushProducer)
+class _WriteGate:
+    """Registered with the transport while no message streams.  When a client sends commands but does not read
+    the replies, the transport's send buffer fills and pauses this producer: the protocol then holds new input
+    instead of answering it, and stops reading once that much is held (DESIGN §4: no unbounded buffer; without
+    it a few MB of pipelined ``CAPA`` grew the process thirty-fold).  A TLS layer also pauses its producer while
+    the handshake is pending, so reading itself must go on until the held input is large."""
+
+    def __init__(self, protocol: "Pop3Protocol") -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self.protocol._write_full = True
+
+    def resumeProducing(self) -> None:
+        self.protocol._write_full = False
+        self.protocol._release_held()
+
+    def stopProducing(self) -> None:
+        self.protocol._write_full = False
+
+
 class Pop3Protocol(Protocol, TimeoutMixin):
     """One POP3 connection."""
 
@@ -112,6 +134,10 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         self._paused = False
         self._sender: _MessageSender | None = None
         self._counted = False
+        self._gate = _WriteGate(self)
+        self._gate_registered = False
+        self._write_full = False           # the transport's send buffer is full (see _WriteGate)
+        self._held = bytearray()           # input read while _write_full, answered once the replies drain
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -139,13 +165,24 @@ class Pop3Protocol(Protocol, TimeoutMixin):
             mark_seen_on_retr=bool(getattr(settings.pop3, "mark_seen_on_retr", True)),
         ))
         self.setTimeout(float(getattr(settings.pop3, "timeout", 600.0)))
+        self._gate_on()
         self._handle(self.engine.greeting())
 
     def dataReceived(self, data: bytes) -> None:
         if self.engine is None or self._gone:
             return
         self.resetTimeout()
-        self._handle(self.engine.receive_data(data))
+        if self._write_full or self._held:
+            self._held += data
+        else:
+            self._handle(self.engine.receive_data(data))
+        self._flow_control()
+
+    def _release_held(self) -> None:
+        """The replies drained: answer the input held meanwhile."""
+        if self._held and self.engine is not None and not self._gone:
+            data, self._held = bytes(self._held), bytearray()
+            self._handle(self.engine.receive_data(data))
         self._flow_control()
 
     def timeoutConnection(self) -> None:
@@ -191,6 +228,7 @@ class Pop3Protocol(Protocol, TimeoutMixin):
             self._events.clear()
             self.setTimeout(None)
             self._unlock()          # the session is over (QUIT, autologout, too many failures)
+            self._gate_off()        # a TLS transport closes only once no producer is registered
             self.transport.loseConnection()
         elif isinstance(event, Authenticate):
             self._authenticate(event)
@@ -211,13 +249,25 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         """Stop reading while a pipelining client has a lot of input waiting behind a pending action."""
         if self.engine is None or self._gone:
             return
-        want_pause = self.engine.busy and self.engine.buffered > MAX_BUFFERED
+        want_pause = (self.engine.busy and self.engine.buffered > MAX_BUFFERED) or len(self._held) > MAX_BUFFERED
         if want_pause and not self._paused:
             self.transport.pauseProducing()
             self._paused = True
         elif not want_pause and self._paused:
             self.transport.resumeProducing()
             self._paused = False
+
+    def _gate_on(self) -> None:
+        if not self._gone and not self._gate_registered:
+            self._gate_registered = True
+            self.transport.registerProducer(self._gate, True)
+
+    def _gate_off(self) -> None:
+        """Unregister the write gate (a message sender takes the producer slot; or the session ends)."""
+        if self._gate_registered:
+            self._gate_registered = False
+            self.transport.unregisterProducer()
+            self._write_full = False
 
     # -- actions -----------------------------------------------------------------------------------------
 
@@ -270,16 +320,19 @@ class Pop3Protocol(Protocol, TimeoutMixin):
             return
         self.transport.write(event.ok_line)
         # RFC 1939 §5 RETR / §7 TOP: streamed (no whole copy in memory), dot-stuffed across chunks
+        self._gate_off()
         self._sender = _MessageSender(self.transport, handle, DotStuffer(event.body_lines), self.resetTimeout)
 
         def sent(_: Any) -> None:
             self._sender = None
+            self._gate_on()
             if event.mark_seen:
                 try:
                     maildrop.mark_seen(event.key)
                 except Exception:
                     log.failure("POP3: cannot set \\Seen on {key}", key=event.key)
             self._feed(engine.message_sent())
+            self._release_held()
 
         def broken(failure: Any) -> None:
             self._sender = None
@@ -320,8 +373,13 @@ class Pop3Factory(ServerFactory):
         self.ctx, self.service = ctx, service
         self.per_ip = PerIPCounter(int(getattr(ctx.settings.pop3, "max_connections_per_ip", 20)))
         if maildrop_factory is None:
+            from twisted.internet import threads
+
             from .maildrop import InboxMaildrop
-            maildrop_factory = InboxMaildrop
+
+            def maildrop_factory(store: Any, user: str) -> Maildrop:
+                # message sizes are measured once per file, in a thread (RFC 1939 §11 CRLF counting)
+                return InboxMaildrop(store, user, runner=threads.deferToThread)
         self.maildrop_factory = maildrop_factory
 
     def buildProtocol(self, addr: Any) -> Pop3Protocol:

@@ -136,6 +136,7 @@ class _Wait(Enum):
     SASL = "sasl"                     # a client continuation line (AUTH exchange)
 
 
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 _LOGIN_USER = b"+ " + base64.b64encode(b"Username:") + b"\r\n"    # RFC 5034 §4 / draft-murchison-sasl-login
 _LOGIN_PASS = b"+ " + base64.b64encode(b"Password:") + b"\r\n"
 _NUMBER = re.compile(r"^[0-9]{1,9}$")
@@ -334,6 +335,13 @@ class Pop3Engine:
         return []
 
     def _line(self, raw: bytes) -> list[Event]:
+        if _CONTROL.search(raw):
+            # RFC 1939 §3: keywords and arguments are printable (UTF-8 with RFC 6856); a bare CR or NUL
+            # inside a line is never a separator, so such a line is refused as a whole.
+            self._pass_user = self._user_arg = None
+            if self._wait is _Wait.SASL:
+                self._wait = _Wait.NOTHING
+            return [_err("control characters are not allowed in a command")] + self._bad()
         text = raw.decode("utf-8", "replace")
         if self._wait is _Wait.SASL:
             return self._sasl_continue(text)

@@ -7,11 +7,52 @@ flags).  Removal at QUIT and ``\\Seen`` on RETR go through the store, so IMAP se
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Protocol, Sequence
+import re
+from typing import Any, BinaryIO, Callable, Protocol, Sequence
 
 from .engine import DropEntry, uidl_for
 
-__all__ = ["Maildrop", "InboxMaildrop"]
+__all__ = ["Maildrop", "InboxMaildrop", "wire_size"]
+
+#: Dovecot's ``,W=<size>`` in a Maildir name: the size with CRLF line ends (its "virtual size")
+_W_RE = re.compile(r",W=(\d+)")
+#: octets as sent, per (base name, file size): a Maildir file's content never changes under its name
+_WIRE_SIZES: dict[tuple[str, int], int] = {}
+_MAX_CACHED = 500_000
+
+
+def wire_size(path: str, file_size: int) -> int:
+    """The octets RETR sends for the file, before dot-stuffing: every bare LF becomes CRLF and an unfinished
+    last line gets one (as ``DotStuffer`` does).  RFC 1939 §11: CRLF counts as two octets whatever the local
+    line-end convention; files this server writes are CRLF already, Dovecot's or Postfix's are LF."""
+    extra, last = 0, b""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            crlf = chunk.count(b"\r\n") + (1 if last == b"\r" and chunk[:1] == b"\n" else 0)
+            extra += chunk.count(b"\n") - crlf
+            last = chunk[-1:]
+    if last not in (b"", b"\n"):
+        extra += 2
+    return file_size + extra
+
+
+def _known_size(name: str, file_size: int) -> int | None:
+    match = _W_RE.search(name)
+    if match:
+        return int(match.group(1))
+    return _WIRE_SIZES.get((name, file_size))
+
+
+def _measure(todo: list[tuple[str, int, str]]) -> None:
+    """Fill the size cache for ``(name, file size, path)`` (in a thread: it reads whole files)."""
+    for name, file_size, path in todo:
+        try:
+            size = wire_size(path, file_size)
+        except OSError:
+            continue           # renamed (flags) or removed meanwhile: the file size is used this time
+        if len(_WIRE_SIZES) >= _MAX_CACHED:
+            _WIRE_SIZES.clear()
+        _WIRE_SIZES[(name, file_size)] = size
 
 
 class Maildrop(Protocol):
@@ -38,17 +79,29 @@ class InboxMaildrop:
     All calls are made on the reactor thread, as the store asks.
     """
 
-    def __init__(self, store: Any, user: str) -> None:
+    def __init__(self, store: Any, user: str, runner: Callable[[Callable[[], Any]], Any] | None = None) -> None:
         self.store, self.user = store, user
+        self._runner = runner           # runs file reads off the reactor thread (deferToThread); None: inline
         self._mailbox: Any = None
         self._uids: dict[str, int] = {}
 
-    def open(self) -> list[DropEntry]:
+    def open(self) -> Any:
+        """The listing (a list, or a Deferred firing with it when files had to be measured in a thread)."""
         self._mailbox = self.store.mailbox(self.user, "INBOX")
         messages = self._mailbox.messages()
         self._uids = {m.name: m.uid for m in messages}
-        # RFC 1939 §5: sizes are the octets sent; the store keeps CRLF files, so the file size is exact
-        return [DropEntry(m.name, m.size, uidl_for(m.name)) for m in messages]
+
+        def entries(_: Any = None) -> list[DropEntry]:
+            # RFC 1939 §5: sizes are the octets sent (the file size until a measure is known)
+            return [DropEntry(m.name, _known_size(m.name, m.size) or m.size, uidl_for(m.name)) for m in messages]
+
+        todo = [(m.name, m.size, str(m.path)) for m in messages if _known_size(m.name, m.size) is None]
+        if not todo:
+            return entries()
+        if self._runner is None:
+            _measure(todo)
+            return entries()
+        return self._runner(lambda: _measure(todo)).addCallback(entries)
 
     def _uid(self, key: str) -> int:
         """The current UID of ``key``; raises LookupError when the message is gone."""

@@ -111,7 +111,7 @@ class Client:
     def pump(self) -> None:
         for _ in range(100000):
             producer = self.transport.producer
-            if producer is None:
+            if producer is None or self.transport.streaming:     # the write gate, not a message sender
                 return
             producer.resumeProducing()
         raise AssertionError("producer never finished")
@@ -278,3 +278,28 @@ def test_loopback_detection() -> None:
     assert _is_loopback("127.0.0.1") and _is_loopback("127.8.9.10") and _is_loopback("::1")
     assert _is_loopback("::ffff:127.0.0.1")
     assert not _is_loopback("10.0.0.1") and not _is_loopback("::ffff:10.0.0.1") and not _is_loopback("?")
+
+
+def test_client_that_does_not_read_replies_is_not_read_either() -> None:
+    """DESIGN §4, no unbounded buffers: while the replies pile up in the send buffer (the transport pauses its
+    producer) new commands are held, not answered, and reading stops once much is held; a message sender
+    borrows the producer slot and gives it back; the slot is free before the connection closes."""
+    from mailsuite.pop3.adapter import MAX_BUFFERED
+    ctx = make_ctx(mail={"alice@example.org": {"a": b"A\r\n"}})
+    client = Client(ctx)
+    gate = client.transport.producer
+    assert gate is not None and client.transport.streaming
+    gate.pauseProducing()                     # what a transport does when its send buffer is over its limit
+    assert client.send(b"CAPA\r\n" * (MAX_BUFFERED // 6)) == b""
+    assert client.transport.producerState == "producing"          # a TLS handshake may still need reading
+    assert client.send(b"CAPA\r\n" * 10) == b""
+    assert client.transport.producerState == "paused"             # now too much is held
+    client.transport.clear()
+    gate.resumeProducing()                    # the replies drained
+    assert client.transport.value().count(b"+OK capability list follows") == MAX_BUFFERED // 6 + 10
+    assert client.transport.producerState == "producing"
+    login(client)
+    assert client.send(b"RETR 1\r\n") == b"+OK 3 octets\r\nA\r\n.\r\n"
+    assert client.transport.producer is gate and client.transport.streaming
+    assert client.send(b"QUIT\r\n") == b"+OK bye\r\n"
+    assert client.transport.producer is None and client.transport.disconnecting

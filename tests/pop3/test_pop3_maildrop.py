@@ -89,3 +89,29 @@ def test_file_renamed_outside(store: Store) -> None:
     (udir / "new" / name).rename(udir / "cur" / (name + ":2,F"))    # another tool flags it
     with drop.open_message(entry.key) as handle:
         assert handle.read() == b"Subject: 1\r\n\r\nx\r\n"
+
+
+def _sent(drop: InboxMaildrop, key: str) -> bytes:
+    """The message as RETR puts it on the wire (these messages have no line starting with '.')."""
+    from mailsuite.pop3.dotstuff import TERMINATOR, DotStuffer
+    stuffer = DotStuffer()
+    with drop.open_message(key) as handle:
+        wire = stuffer.feed(handle.read()) + stuffer.finish()
+    assert wire.endswith(TERMINATOR)
+    return wire[:-len(TERMINATOR)]
+
+
+def test_sizes_of_lf_files_from_other_tools_count_crlf(store: Store) -> None:
+    """RFC 1939 §5/§11: LIST and STAT give the octets sent, CRLF counted as two, also for the LF files that
+    Dovecot, Postfix or procmail leave in a Maildir (the file size would be too small)."""
+    udir = store.user_dir(USER)
+    (udir / "new" / "1700000000.M1P2.oldhost,S=26").write_bytes(b"Subject: old\n\nline one\nend")
+    (udir / "cur" / "1700000001.M2P2.oldhost,S=20,W=23:2,S").write_bytes(b"Subject: w\n\nbody\nx\n")
+    store.deliver_sync(USER, b"Subject: ours\r\n\r\nmixed\nline\r\n")
+    drop = InboxMaildrop(store, USER)
+    entries = drop.open()
+    assert len(entries) == 3
+    for entry in entries:
+        assert entry.size == len(_sent(drop, entry.key)), entry.key
+    sizes = {e.key.split(",")[0]: e.size for e in entries}
+    assert sizes["1700000000.M1P2.oldhost"] == 31 and sizes["1700000001.M2P2.oldhost"] == 23   # W= is used
