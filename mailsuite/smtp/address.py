@@ -211,12 +211,15 @@ def parse_params(text: str) -> list[tuple[str, str | None]]:
 
 
 def is_xtext(text: str) -> bool:
-    """RFC 3461 §4: xtext = *( xchar / hexchar ), xchar is '!'..'~' except '+' and '='."""
+    """RFC 3461 §4: xtext = *( xchar / hexchar ), xchar is '!'..'~' except '+' and '=';
+    and what it encodes is printable US-ASCII (graphic characters and space; RFC 3461 §4.2 for ORCPT,
+    §4.4 for ENVID, RFC 4954 §5 AUTH= carries an addr-spec), so a decoded value can never carry CR, LF or
+    other controls into a DSN or trace field (header injection)."""
     try:
-        xtext_decode(text)
+        decoded = xtext_decode(text)
     except ValueError:
         return False
-    return True
+    return all(32 <= ord(c) <= 126 for c in decoded)
 
 
 def xtext_decode(text: str) -> str:

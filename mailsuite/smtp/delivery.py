@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import email.utils
+import errno
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from twisted.logger import Logger
 from .address import xtext_decode
 from .events import Envelope, Reply
 
-__all__ = ["Delivery", "received_header", "prepare_submission", "split_header", "new_id", "spool_outbound"]
+__all__ = ["Delivery", "failure_reply", "received_header", "prepare_submission", "split_header", "new_id", "spool_outbound"]
 
 log = Logger()
 _FIELD_RE = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")   # RFC 5322 §3.6.8 field-name, obsolete WSP
@@ -144,8 +145,14 @@ def _write_durably(path: Path, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        try:
+            os.unlink(tmp)      # a full disk must not leave a partial file behind
+        except OSError:
+            pass
+        raise
+    os.close(fd)
     os.rename(tmp, path)
 
 
@@ -165,13 +172,48 @@ def spool_outbound(queue_dir: Path, sender: str, recipients: list[str], data: by
                              "orcpt": (per.get(r) or {}).get("orcpt"), "status": "queued", "attempts": 0,
                              "next_attempt": now} for r in recipients]}
     _write_durably(queue_dir / f"{ident}.eml", data)
-    _write_durably(queue_dir / f"{ident}.json", json.dumps(entry, ensure_ascii=False, indent=1).encode())
+    try:
+        _write_durably(queue_dir / f"{ident}.json", json.dumps(entry, ensure_ascii=False, indent=1).encode())
+    except BaseException:
+        (queue_dir / f"{ident}.eml").unlink(missing_ok=True)   # no envelope: the client retries the whole
+        raise
     dir_fd = os.open(queue_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
     return ident
+
+
+#: errno values that mean "no room": RFC 5321 §4.2.2 452, RFC 3463 §3.4 X.3.1 "mail system full"
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _os_error(failure: Any) -> OSError | None:
+    """The OSError behind a delivery failure (unwrapping ``gatherResults``' FirstError), if it is one."""
+    value = failure.value
+    while isinstance(value, defer.FirstError):
+        value = value.subFailure.value
+    return value if isinstance(value, OSError) else None
+
+
+def failure_reply(failure: Any, env: Envelope) -> Reply:
+    """The reply for a failed delivery (the client keeps the message and retries; RFC 5321 §4.2.5).
+
+    A full disk or quota gets ``452 4.3.1``; other file-system errors (read-only, permission denied) and any
+    other failure ``451 4.3.0``.  File-system errors are logged as one line naming the error and the file (the
+    operator's fix is outside the program); anything else with its traceback.
+    """
+    error = _os_error(failure)
+    if error is None:
+        log.failure("smtp: delivery failed from=<{sender}> ip={ip}", failure, sender=env.mail_from, ip=env.peer_ip)
+        return Reply(451, "4.3.0", "Local error in processing, try again later")
+    where = f" ({error.filename})" if error.filename else ""
+    log.error("smtp: delivery failed from=<{sender}> ip={ip}: {error}{where}", sender=env.mail_from,
+              ip=env.peer_ip, error=error.strerror or str(error), where=where)
+    if error.errno in _NO_SPACE:
+        return Reply(452, "4.3.1", "Insufficient system storage, try again later")
+    return Reply(451, "4.3.0", "Local error in processing, try again later")
 
 
 class Delivery:
@@ -189,8 +231,7 @@ class Delivery:
         d = defer.maybeDeferred(self._deliver, env, data, submission, tls)
 
         def failed(failure: Any) -> Reply:
-            log.failure("smtp: delivery failed from=<{sender}>", failure, sender=env.mail_from)
-            return Reply(451, "4.3.0", "Local error in processing, try again later")
+            return failure_reply(failure, env)
         return d.addErrback(failed)
 
     def _targets(self, env: Envelope) -> tuple[list[tuple[str, str | None]], list[str]]:

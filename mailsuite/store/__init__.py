@@ -33,6 +33,7 @@ API summary::
     await store.deliver(user, data, folder="INBOX", flags="")   # Deferred[file name]
     store.deliver_sync(user, data, folder, flags)    # blocking, any thread, no index
     await store.append(user, name, data, flags, keywords, internaldate)   # Deferred[uid]
+    await store.append_file(user, name, path, flags, keywords, internaldate)  # spooled file, linked in
     store.list_mailboxes(user) -> [MailboxInfo(name, special_use, subscribed, has_children, selectable)]
     store.create_mailbox / delete_mailbox / rename_mailbox(user, old, new)
     store.subscribe / unsubscribe(user, name); store.subscriptions(user)

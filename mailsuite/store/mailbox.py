@@ -34,6 +34,7 @@ from .maildir import (
     fsync_dir,
     header_block,
     info_letters,
+    list_messages,
     make_maildir,
     make_suffix,
     normalize_line_ends,
@@ -317,7 +318,8 @@ class Mailbox:
         return cached
 
     def _rescan(self, subs: set[str], first: bool = False, imported: dict[str, int] | None = None) -> bool:
-        """List ``subs`` (one ``listdir`` each) and reconcile them with the index.  Caller holds the lock.
+        """List ``subs`` (one ``scandir`` each, symlinks left out) and reconcile them with the index.  Caller
+        holds the lock.
 
         Only the differences between the listed names and the known file names are handled in Python:
         a known base under a new name is a flag change or a new->cur move (same UID); an unknown base
@@ -330,7 +332,7 @@ class Mailbox:
                 scanned = time.time_ns()
                 path = os.path.join(self._dir_str, sub)
                 mtime = os.stat(path).st_mtime_ns  # before listing: a change during it moves the mtime
-                files[sub] = set(os.listdir(path))
+                files[sub] = list_messages(path)    # symlinks are never messages (DESIGN §4)
                 states[sub] = (mtime, scanned)
         known: dict[str, set[str]] = {sub: set() for sub in files}
         if len(files) == 2:

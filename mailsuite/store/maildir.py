@@ -18,6 +18,7 @@ import itertools
 import os
 import re
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ __all__ = [
     "read_header_block",
     "header_block",
     "normalize_line_ends",
+    "is_maildir",
+    "list_messages",
 ]
 
 #: IMAP system flag -> Maildir info letter (the Maildir spec, as Dovecot maps them).
@@ -209,6 +212,32 @@ def write_message(
     raise OSError(errno.EEXIST, "could not find a unique Maildir file name", str(folder_dir))
 
 
+def link_message(folder_dir: Path, src: Path, letters: str | None = None, mtime: float | None = None) -> WrittenMessage:
+    """:func:`write_message` for a message already written to ``src`` (CRLF line ends, on the same file
+    system, e.g. the user's ``tmp/``): fsync it, link it into ``new/`` or ``cur/`` under a unique name,
+    drop ``src``, fsync the directory.  Nothing is copied, so a big message never sits in memory.
+    Blocking."""
+    subdir = "new" if letters is None else "cur"
+    suffix = "" if letters is None else make_suffix(letters)
+    fd = os.open(src, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+        os.fsync(fd)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    for _attempt in range(100):
+        filename = unique_base(st.st_size) + suffix
+        try:
+            link_no_clobber(src, folder_dir / subdir / filename)
+        except FileExistsError:
+            continue
+        fsync_dir(folder_dir / subdir)
+        return WrittenMessage(filename, subdir, st.st_size, st.st_mtime)
+    raise OSError(errno.EEXIST, "could not find a unique Maildir file name", str(folder_dir))
+
+
 def make_maildir(folder_dir: Path, subfolder: bool, sync_parent: bool = True) -> bool:
     """Create ``folder_dir/{cur,new,tmp}`` (mode 0700); Maildir++ sub-folders get a ``maildirfolder`` file.
 
@@ -296,3 +325,35 @@ def header_block(data: bytes) -> bytes:
     j = data.find(b"\n\n", 0, i + 2 if i >= 0 else limit)  # bounded: no scan of a whole big CRLF body
     ends = [k + 4 for k in (i,) if k >= 0] + [k + 2 for k in (j,) if k >= 0]
     return data[: min(ends)] if ends else data[:limit]
+
+
+def is_maildir(folder_dir: Path, *, top_may_link: bool = False) -> bool:
+    """True if ``folder_dir`` is a Maildir folder the store may use: a real directory whose ``cur/`` and
+    ``new/`` (and ``tmp/`` if present) are real directories too, none of them a symbolic link.
+
+    DESIGN §4: a symlink planted inside a user's tree (``.Evil -> /etc``) must never lead outside it.
+    ``top_may_link`` allows the folder itself to be a link (INBOX is the user directory, which an
+    administrator may have moved to another disk).
+    """
+    checks = [(folder_dir / "cur", True), (folder_dir / "new", True), (folder_dir / "tmp", False)]
+    if not top_may_link:
+        checks.insert(0, (folder_dir, True))
+    for path, required in checks:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            if required:
+                return False
+            continue
+        except OSError:
+            return False
+        if not stat.S_ISDIR(mode):
+            return False
+    return True
+
+
+def list_messages(subdir: str) -> set[str]:
+    """The message file names in ``subdir`` (``cur/`` or ``new/``): every entry but symbolic links, which
+    could point outside the user's tree (DESIGN §4).  One ``scandir``; the entry type comes with it."""
+    with os.scandir(subdir) as entries:
+        return {e.name for e in entries if not e.is_symlink()}

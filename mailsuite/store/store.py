@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -25,8 +26,11 @@ from .maildir import (
     WrittenMessage,
     fsync_dir,
     header_block,
+    is_maildir,
+    link_message,
     make_maildir,
     normalize_line_ends,
+    read_header_block,
     write_message,
 )
 from .names import DELIMITER, INBOX, folder_dirname, name_from_dirname, validate_name
@@ -206,8 +210,10 @@ class Store:
         if not (st.dir / "cur").is_dir():
             self.create_user(user)
         fdir = st.dir / folder_dirname(name)
-        if name != INBOX and not (fdir / "cur").is_dir():
+        if name != INBOX and not is_maildir(fdir):
             name, fdir = INBOX, st.dir
+        if not is_maildir(st.dir, top_may_link=True):
+            raise OSError(errno.ELOOP, "INBOX is not a plain Maildir (symlinked cur/new/tmp?)", str(st.dir))
         written = write_message(fdir, normalize_line_ends(data), flags or None)
         return name, written
 
@@ -303,6 +309,54 @@ class Store:
         d.addCallback(register)
         return d
 
+    def append_file(
+        self,
+        user: str,
+        name: str,
+        path: Path,
+        flags: tuple[str, ...] | frozenset[str] = (),
+        keywords: tuple[str, ...] | frozenset[str] = (),
+        internaldate: float | None = None,
+    ) -> defer.Deferred:
+        """:meth:`append` for a message already spooled to ``path`` (CRLF line ends, on the user's file
+        system, e.g. in its ``tmp/``): linked in, never read whole (a big IMAP APPEND stays out of
+        memory).  The store owns ``path``: it is removed if the append fails.  Fires with the new UID."""
+
+        def drop() -> None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+        try:
+            mb = self.mailbox(user, name)
+            fset = normalize_flags(flags)
+            kset = validate_keywords(keywords)
+            with mb._lock:
+                letters = mb._letters_for(fset, kset) if (fset or kset) else None
+        except Exception:  # noqa: BLE001 - handed to the Deferred
+            drop()
+            return defer.fail()
+
+        def work() -> tuple[bytes, WrittenMessage]:
+            try:
+                with open(path, "rb") as f:
+                    header = read_header_block(f)
+                return header, link_message(mb.dir, Path(path), letters, mtime=internaldate)
+            except BaseException:
+                drop()
+                raise
+
+        def register(result: tuple[bytes, WrittenMessage]) -> int:
+            header, written = result
+            with mb._lock:
+                mb._check_alive()
+                uid = mb._register(written, kset, header, internaldate)
+            mb._user.notify(mb.name)
+            return uid
+
+        return self._runner(work).addCallback(register)
+
     # -- mailboxes ----------------------------------------------------------------------------
 
     def mailbox(self, user: str, name: str) -> Mailbox:
@@ -318,7 +372,7 @@ class Store:
                 if name == INBOX:
                     self._ensure_user(st)
                 fdir = st.dir / folder_dirname(name)
-                if not (fdir / "cur").is_dir():
+                if not is_maildir(fdir, top_may_link=name == INBOX):   # no symlinked folders (DESIGN §4)
                     raise MailboxNotFound(name)
                 mb = Mailbox(st, name, fdir)
                 mb._open()
@@ -409,7 +463,7 @@ class Store:
         st = self._state(user)
         with st.lock:
             fdir = st.dir / folder_dirname(name)
-            if not fdir.is_dir():
+            if fdir.is_symlink() or not fdir.is_dir():
                 raise MailboxNotFound(name)
             mb = st.mailboxes.pop(name, None)
             if mb is not None:
