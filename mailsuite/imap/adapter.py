@@ -15,15 +15,16 @@ import zlib
 from collections import deque
 from typing import Any, Iterator
 
-from twisted.internet import defer, interfaces
+from twisted.internet import defer, interfaces, task
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from ..accounts import AUTH_FAILURE_FORMAT
 from .backend import UserMail
-from .engine import (Authenticate, Await, Close, EngineConfig, ImapEngine, Output, StartCompression, StartTLS,
-                     Stream)
+from .engine import (Authenticate, AuthFailed, Await, Close, EngineConfig, ImapEngine, Output, StartCompression,
+                     StartTLS, Stream)
 
 __all__ = ["build_factory", "ImapProtocol", "ImapFactory"]
 
@@ -32,6 +33,13 @@ log = Logger()
 WRITE_BATCH = 64 * 1024  # bytes written per producer step
 INFLATE_STEP = 64 * 1024  # COMPRESS=DEFLATE input is inflated at most this much at a time
 OUTSIDE_CHANGES_POLL = 15.0  # seconds between Maildir rescans while IDLE (changes by other tools)
+#: the service name in the fail2ban line, for 143 and 993 alike (one name per protocol keeps the jail simple)
+AUTH_SERVICE = "imap"
+
+
+def _shown_user(user: str) -> str:
+    """The user name as the fail2ban line shows it: printable, no spaces, bounded ("-" when empty)."""
+    return "".join(ch if ch.isprintable() and not ch.isspace() else "?" for ch in user)[:100] or "-"
 
 
 def _is_loopback(host: str) -> bool:
@@ -263,9 +271,16 @@ class ImapProtocol(Protocol, TimeoutMixin):
         elif isinstance(item, Authenticate):
             self._blocked = True
             d = defer.maybeDeferred(self.ctx.accounts.authenticate, item.user, item.password,
-                                    service=self.factory.service, ip=self.peer)
+                                    service=AUTH_SERVICE, ip=self.peer)
             d.addErrback(lambda f: log.failure("IMAP password check failed", f) or None)
             d.addCallback(lambda user: self._resume(lambda: self.engine.auth_result(user)))
+        elif isinstance(item, AuthFailed):
+            # Same line and same delay as a wrong password (ctx.accounts.authenticate), DESIGN §4
+            self._blocked = True
+            log.info(AUTH_FAILURE_FORMAT, service=AUTH_SERVICE, ip=self.peer, user=_shown_user(item.user))
+            delay = float(getattr(self.ctx.settings.auth, "failure_delay", 2.0))
+            d = task.deferLater(self.ctx.reactor, delay, lambda: None)
+            d.addCallback(lambda _: self._resume(lambda: self.engine.auth_result(None)))
         elif isinstance(item, Await):
             self._blocked = True
             callback = item.callback

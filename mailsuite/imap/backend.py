@@ -16,6 +16,7 @@ from twisted.internet import defer
 
 from ..store import MailboxInfo, Store
 from ..store.mailbox import Mailbox, MessageInfo
+from .spool import SpooledMessage, SpoolFile
 
 DELIMITER = "."
 
@@ -76,14 +77,27 @@ class UserMail:
     def unlisten(self, name: str, callback: Callable[[], object]) -> None:
         self.store.remove_listener(self.user, name, callback)
 
-    def append(self, name: str, data: bytes, flags: Iterable[str], when: datetime | None) -> defer.Deferred:
-        """Fires with (uidvalidity, uid) for APPENDUID (RFC 4315 §3)."""
+    def spool(self) -> SpoolFile:
+        """A spool file for a big APPEND literal, in the user's Maildir ``tmp/`` (same file system as
+        every folder, so the store links it in without copying)."""
+        directory = self.store.user_dir(self.user) / "tmp"
+        if not directory.is_dir():
+            self.open("INBOX")  # creates a missing account tree
+        return SpoolFile(directory)
+
+    def append(self, name: str, data: bytes | SpooledMessage, flags: Iterable[str],
+               when: datetime | None) -> defer.Deferred:
+        """Fires with (uidvalidity, uid) for APPENDUID (RFC 4315 §3).  A spooled message is linked in
+        by the store from its file (``Store.append_file``)."""
         system, keywords = split_flags(flags)
         try:
             mb = self.open(name)
         except Exception:
             return defer.fail()
-        d = self.store.append(self.user, name, data, tuple(system), tuple(keywords),
-                              when.timestamp() if when is not None else None)
+        stamp = when.timestamp() if when is not None else None
+        if isinstance(data, SpooledMessage):
+            d = self.store.append_file(self.user, name, data.path, tuple(system), tuple(keywords), stamp)
+        else:
+            d = self.store.append(self.user, name, data, tuple(system), tuple(keywords), stamp)
         d.addCallback(lambda uid: (mb.uidvalidity, uid))
         return d

@@ -5,6 +5,9 @@ h11 style: the adapter feeds bytes with :meth:`ImapEngine.receive_data` and gets
 
 - :class:`StartTLS`      start the TLS handshake now (everything buffered before it is already dropped);
 - :class:`Authenticate`  check a password (asynchronous); feed the result to :meth:`auth_result`;
+- :class:`AuthFailed`    a login that failed without a password check (malformed SASL response, other
+                         authorization identity): log the fail2ban line, wait, then :meth:`auth_result`
+                         with None;
 - :class:`Stream`        an iterator of byte chunks (big FETCH responses); when it is exhausted call
                          :meth:`resume`;
 - :class:`StartCompression`  RFC 4978 COMPRESS=DEFLATE: compress everything written after it and
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -43,6 +47,7 @@ from .response import astring, flag_list, sort_flags, string
 from .search import SearchContext, decode_keys, matches, order_keys
 from .selected import SYSTEM, Selected
 from .seqset import SequenceSet, format_set
+from .spool import SPOOL_THRESHOLD, SpooledMessage, SpoolFile
 
 log = Logger()
 
@@ -59,6 +64,15 @@ class StartTLS:
 class Authenticate:
     user: str
     password: str
+
+
+@dataclass
+class AuthFailed:
+    """A failed login that needs no password check: it still counts toward ``auth.max_failures`` and
+    must produce the fail2ban line (DESIGN §4) after the usual delay.  ``user`` is what the client
+    named ("" when nothing could be decoded)."""
+
+    user: str
 
 
 @dataclass
@@ -88,7 +102,7 @@ class Await:
     callback: Callable[[Any], list]
 
 
-Output = bytes | StartTLS | Authenticate | Close | Stream | Await | StartCompression
+Output = bytes | StartTLS | Authenticate | AuthFailed | Close | Stream | Await | StartCompression
 
 
 @dataclass
@@ -125,7 +139,7 @@ class ImapEngine:
         self._open_user = open_user
         self._wakeup = wakeup or (lambda: None)
         self.peer = peer
-        self.framer = Framer(self._literal_allowed, max_line=config.max_line)
+        self.framer = Framer(self._literal_allowed, max_line=config.max_line, spool=self._spool_for)
         self.state = NOT_AUTHENTICATED
         self.user: str | None = None
         self.mail: UserMail | None = None
@@ -138,6 +152,7 @@ class ImapEngine:
         self.idle_tag: str | None = None
         self._auth: dict[str, Any] | None = None  # AUTHENTICATE exchange in progress
         self._pending_auth_tag: str | None = None
+        self._pending_auth_reply: bytes | None = None  # the tagged NO/BAD text of an AuthFailed
         self._after_stream: Callable[[], None] | None = None
         self.saved_result: list[int] = []
         self.compressed = False
@@ -162,13 +177,14 @@ class ImapEngine:
     def auth_result(self, user: str | None) -> list[Output]:
         """Result of an :class:`Authenticate` action: the canonical user name or None."""
         tag = self._pending_auth_tag or "*"
-        self._pending_auth_tag = None
+        reply = self._pending_auth_reply or b"NO [AUTHENTICATIONFAILED] Authentication failed"
+        self._pending_auth_tag = self._pending_auth_reply = None
         self.waiting = False
         if self.state == LOGOUT:
             return []
         if user is None:
             self.auth_failures += 1
-            self._emit(tag.encode() + b" NO [AUTHENTICATIONFAILED] Authentication failed\r\n")
+            self._emit(tag.encode() + b" " + reply + b"\r\n")
             if self.auth_failures >= self.cfg.max_auth_failures:
                 self._emit(b"* BYE Too many authentication failures\r\n")
                 self._logout()
@@ -211,6 +227,7 @@ class ImapEngine:
         return self._flush()
 
     def connection_lost(self) -> None:
+        self.framer.close()  # a half-received APPEND leaves no spool file behind
         self._deselect()
         self.state = LOGOUT
 
@@ -259,6 +276,19 @@ class ImapEngine:
             return size <= self.cfg.max_literal and total <= self.cfg.max_literal + self.cfg.max_line
         return size <= SMALL_LITERAL and total <= 4 * SMALL_LITERAL
 
+    def _spool_for(self, first_line: bytes, size: int) -> SpoolFile | None:
+        """Big APPEND literals go to a file as they arrive, so memory per session stays bounded
+        (the literal was already accepted by :meth:`_literal_allowed`)."""
+        words = first_line.split(b" ", 3)
+        if (size < SPOOL_THRESHOLD or len(words) < 2 or words[1].upper() != b"APPEND"
+                or self.state not in (AUTHENTICATED, SELECTED) or self.mail is None):
+            return None
+        try:
+            return self.mail.spool()
+        except Exception:
+            log.failure("IMAP: no APPEND spool file; keeping the literal in memory")
+            return None
+
     def _logout(self) -> None:
         self._deselect()
         self.state = LOGOUT
@@ -305,13 +335,18 @@ class ImapEngine:
         assert isinstance(ev, RawCommand)
         self._current_tag = tag_of(ev.lines[0]) if ev.lines[0] else "*"
         try:
-            cmd = parse_command(ev)
-        except ParseError as exc:
-            if exc.tag == "*" and ev.lines[0].strip() == b"":
-                return  # empty line: ignore
-            self._emit(exc.tag.encode() + b" BAD " + exc.message.encode() + b"\r\n")
-            return
-        self._command(cmd)
+            try:
+                cmd = parse_command(ev)
+            except ParseError as exc:
+                if exc.tag == "*" and ev.lines[0].strip() == b"":
+                    return  # empty line: ignore
+                self._emit(exc.tag.encode() + b" BAD " + exc.message.encode() + b"\r\n")
+                return
+            self._command(cmd)
+        finally:
+            for lit in ev.literals:  # spool files no command took over
+                if isinstance(lit, SpooledMessage) and not lit.taken:
+                    lit.discard()
 
     # ------------------------------------------------------------------------------------ dispatch
 
@@ -431,6 +466,14 @@ class ImapEngine:
         self.waiting = True
         self._emit(Authenticate(user, password))
 
+    def _auth_failed(self, tag: str, user: str, reply: bytes) -> None:
+        """A login attempt that fails without a password check still counts (``auth.max_failures``)
+        and is logged for fail2ban by the adapter (DESIGN §4); ``reply`` is the tagged answer."""
+        self._pending_auth_tag = tag
+        self._pending_auth_reply = reply
+        self.waiting = True
+        self._emit(AuthFailed(user))
+
     def _cmd_authenticate(self, cmd: Command) -> None:
         if not self._auth_allowed():
             return self._tagged(cmd, "NO", "Authentication disabled, use STARTTLS first", "PRIVACYREQUIRED")
@@ -465,31 +508,32 @@ class ImapEngine:
     def _auth_response(self, b64: bytes) -> None:
         auth = self._auth
         assert auth is not None
+        self._auth = None
         try:
             raw = base64.b64decode(b64, validate=True)
             text = raw.decode("utf-8")
         except (binascii.Error, ValueError):
-            self._auth = None
-            self._emit(auth["tag"].encode() + b" BAD Invalid base64 response\r\n")
+            # RFC 3501 §6.2.2: BAD for an undecodable response; still a failed login (DESIGN §4)
+            self._auth_failed(auth["tag"], auth["user"], b"BAD Invalid base64 response")
             return
-        if auth["mech"] == "PLAIN":  # RFC 4616
+        if auth["mech"] == "PLAIN":  # RFC 4616 §2: [authzid] NUL authcid NUL passwd
             parts = text.split("\0")
-            self._auth = None
             if len(parts) != 3:
-                self._emit(auth["tag"].encode() + b" BAD Malformed PLAIN response\r\n")
+                shown = parts[1] if len(parts) > 1 else ""
+                self._auth_failed(auth["tag"], shown, b"BAD Malformed PLAIN response")
                 return
             authzid, user, password = parts
-            if authzid and authzid != user:
-                self._emit(auth["tag"].encode() + b" NO [AUTHORIZATIONFAILED] No proxy authentication\r\n")
+            if authzid and authzid != user:  # RFC 4616 §2: we authorize no one to act as another
+                self._auth_failed(auth["tag"], user, b"NO [AUTHORIZATIONFAILED] No proxy authentication")
                 return
             self._start_auth(auth["tag"], user, password)
             return
         if auth["step"] == 0:
             auth["user"] = text
             auth["step"] = 1
+            self._auth = auth
             self._auth_prompt()
             return
-        self._auth = None
         self._start_auth(auth["tag"], auth["user"], text)
 
     # ------------------------------------------------------------------------------------ names
@@ -720,9 +764,11 @@ class ImapEngine:
         assert self.mail is not None
         a = cmd.args
         name = self._decode_name(a["mailbox"])
-        data: bytes = a["message"]
+        data: bytes | SpooledMessage = a["message"]  # big literals arrive spooled to a file
         if not data:
             return self._tagged(cmd, "NO", "Empty message")
+        if isinstance(data, SpooledMessage) and data.failed:
+            return self._tagged(cmd, "NO", "Could not store the message", "SERVERBUG")
         if len(data) > self.cfg.max_literal:
             return self._tagged(cmd, "NO", "Message too big", "TOOBIG")
         if self._over_quota(len(data)):
@@ -732,9 +778,13 @@ class ImapEngine:
         validate_keywords(keywords)
         d = self.mail.append(name, data, a["flags"], a["date"])
         self.waiting = True
+        if isinstance(data, SpooledMessage):
+            data.taken = True  # the store links the file in, or removes it
 
         def done(result: Any) -> list[Output]:
             self.waiting = False
+            if isinstance(data, SpooledMessage):
+                data.discard()  # nothing left to remove unless the store never got to it
             if self.state == LOGOUT:
                 return []
             if isinstance(result, Failure):
@@ -742,6 +792,15 @@ class ImapEngine:
                     self._tagged(cmd, "NO", "Mailbox does not exist", "TRYCREATE")  # RFC 3501 §6.3.11
                 elif result.check(InvalidMailboxName):
                     self._tagged(cmd, "NO", "Invalid mailbox name", "CANNOT")
+                elif result.check(OSError):
+                    # a disk problem, not a bug: one clear line for the admin (DESIGN §4), no traceback
+                    err = result.value
+                    log.error("IMAP: APPEND to {mailbox} of {user} failed: {error}", mailbox=name, user=self.user,
+                              error=f"{err.strerror or err} ({getattr(err, 'filename', '') or 'store'})")
+                    full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+                    # RFC 9208 §4.4 / RFC 5530: OVERQUOTA when the space is gone, else UNAVAILABLE
+                    self._tagged(cmd, "NO", "No space left for the message" if full else "Mail store unavailable",
+                                 "OVERQUOTA" if full else "UNAVAILABLE")
                 else:
                     log.failure("IMAP: APPEND failed", result)
                     self._tagged(cmd, "NO", "APPEND failed", "SERVERBUG")
@@ -967,12 +1026,13 @@ class ImapEngine:
                       failures: list[tuple[str, str]]) -> Iterator[bytes]:
         sel = self.selected
         assert sel is not None
+        batch = _HeaderBatch(sel, uids)   # header blocks asked 500 at a time, only if an item needs one
         for uid in uids:
             if not sel.live(uid):
                 continue
             seq = sel.seq_of(uid)
             info = sel.infos[uid]
-            msg = self._message(uid)
+            msg = self._message(uid, batch)
             chunks = fetchmod.fetch_items(seq, info, sel.flags_of(uid), atts, msg, with_uid=cmd.uid,
                                           with_modseq=with_modseq)
             first: list[bytes] = []
@@ -1077,22 +1137,27 @@ class ImapEngine:
 
 
 class _HeaderBatch:
-    """Header blocks for SEARCH, asked from the store's cache 500 messages at a time (one index query
-    instead of one per message)."""
+    """Header blocks for SEARCH and FETCH, asked from the store's cache 500 messages at a time (one index
+    query instead of one per message). ``order``: the UIDs the command walks (FETCH of a sparse set), else
+    the whole mailbox in sequence order (SEARCH)."""
 
     SIZE = 500
 
-    def __init__(self, sel: Selected) -> None:
+    def __init__(self, sel: Selected, order: list[int] | None = None) -> None:
         self.sel = sel
         self.cache: dict[int, bytes] = {}
+        self.order = order if order is not None else sel.uids
+        self._position = None if order is None else {u: i for i, u in enumerate(order)}
 
     def get(self, uid: int) -> bytes:
         header = self.cache.pop(uid, None)
         if header is not None:
             return header
         sel = self.sel
-        start = max(sel.seq_of(uid) - 1, 0)
-        chunk = [u for u in sel.uids[start : start + self.SIZE] if sel.live(u)]
+        start = max(sel.seq_of(uid) - 1, 0) if self._position is None else self._position.get(uid, 0)
+        chunk = [u for u in self.order[start : start + self.SIZE] if sel.live(u)]
+        if uid not in chunk:
+            chunk.insert(0, uid)
         try:
             self.cache = dict(sel.mailbox.headers(chunk))
         except MessageNotFound:  # one of them vanished meanwhile: ask for this one alone

@@ -12,14 +12,16 @@ Events:
 - :class:`TooLong`      a line passed the length limit; the rest of it is discarded.
 - :class:`Line`         one raw line, in line mode (AUTHENTICATE responses, IDLE's ``DONE``).
 
-Bytes inside a literal are never looked at, so they can never be taken for a command.
+Bytes inside a literal are never looked at, so they can never be taken for a command.  A big literal
+may go to a sink instead of memory (the ``spool`` hook: APPEND messages, :mod:`mailsuite.imap.spool`);
+the sink's ``finish()`` result then stands in the command's ``literals`` where the bytes would be.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 # RFC 3501 §9 literal = "{" number "}" CRLF; RFC 7888 adds "{" number "+}"; RFC 3516 literal8 "~{".
 _LITERAL_AT_END = re.compile(rb"(~?)\{([0-9]{1,20})(\+?)\}$")
@@ -32,7 +34,7 @@ class RawCommand:
     """A complete command: ``lines[i]`` is followed by ``literals[i]`` (one fewer literal than lines)."""
 
     lines: list[bytes]
-    literals: list[bytes] = field(default_factory=list)
+    literals: list[Any] = field(default_factory=list)  # bytes, or a sink's finish() result
     binary: list[bool] = field(default_factory=list)  # literal8 flags, parallel to ``literals``
 
 
@@ -66,6 +68,19 @@ Event = RawCommand | Continue | Refused | TooLong | Line
 LiteralPolicy = Callable[[bytes, int, int], bool]
 
 
+class Sink(Protocol):
+    """Where a spooled literal goes: ``write`` each piece, then ``finish()`` (its result replaces the
+    literal's bytes) or ``abort()`` when the command is dropped."""
+
+    def write(self, data: bytes) -> None: ...
+    def finish(self) -> Any: ...
+    def abort(self) -> None: ...
+
+
+# spool(first_line, size) -> a Sink for this literal, or None to keep it in memory
+SpoolHook = Callable[[bytes, int], "Sink | None"]
+
+
 def tag_of(line: bytes) -> str:
     """The tag of a (possibly partial) command line, or ``*`` when there is no valid one."""
     head = line.split(b" ", 1)[0]
@@ -77,8 +92,10 @@ def tag_of(line: bytes) -> str:
 class Framer:
     """Cuts the byte stream into events; see the module docstring."""
 
-    def __init__(self, policy: LiteralPolicy, max_line: int = 65536) -> None:
+    def __init__(self, policy: LiteralPolicy, max_line: int = 65536, spool: SpoolHook | None = None) -> None:
         self._policy = policy
+        self._spool = spool
+        self._sink: Sink | None = None
         self.max_line = max_line
         self._buf = bytearray()
         self._scan = 0  # where to resume looking for LF
@@ -103,7 +120,7 @@ class Framer:
         """Forget everything buffered and any partial command (STARTTLS, RFC 3501 §6.2.1)."""
         self._buf.clear()
         self._scan = 0
-        self._reset_command()
+        self._abort_command()
         self._skip = 0
         self._skip_line = False
         self._skip_after_literal = False
@@ -120,7 +137,21 @@ class Framer:
         """True while a command is partly received (between literal lines)."""
         return bool(self._lines) or self._literal_left is not None
 
+    def _abort_command(self) -> None:
+        """Drop a partial command, and with it any literal spooled for it."""
+        if self._sink is not None:
+            self._sink.abort()
+        for lit in self._literals:
+            if not isinstance(lit, bytes):
+                lit.discard()
+        self._reset_command()
+
+    def close(self) -> None:
+        """The connection is gone: drop what a partial command spooled."""
+        self._abort_command()
+
     def _reset_command(self) -> None:
+        self._sink = None
         self._lines = []
         self._literals = []
         self._binary = []
@@ -170,12 +201,19 @@ class Framer:
                 if not self._buf:
                     return None
                 n = min(self._literal_left, len(self._buf))
-                self._literal_parts.append(bytes(self._buf[:n]))
+                if self._sink is not None:
+                    self._sink.write(bytes(self._buf[:n]))
+                else:
+                    self._literal_parts.append(bytes(self._buf[:n]))
                 del self._buf[:n]
                 self._literal_left -= n
                 if self._literal_left:
                     return None
-                self._literals.append(b"".join(self._literal_parts))
+                if self._sink is not None:
+                    self._literals.append(self._sink.finish())
+                    self._sink = None
+                else:
+                    self._literals.append(b"".join(self._literal_parts))
                 self._literal_parts = []
                 self._literal_left = None
                 continue
@@ -183,13 +221,13 @@ class Framer:
             if line is None:
                 if len(self._buf) > self.max_line:
                     tag = tag_of(self._lines[0] if self._lines else bytes(self._buf[:100]))
-                    self._reset_command()
+                    self._abort_command()
                     self._skip_line = True
                     return TooLong(tag)
                 return None
             if len(line) > self.max_line:
                 tag = tag_of(self._lines[0] if self._lines else line)
-                self._reset_command()
+                self._abort_command()
                 return TooLong(tag)
             if self.line_mode and not self._lines:
                 return Line(line)
@@ -205,7 +243,7 @@ class Framer:
             tag = tag_of(first)
             self._total += len(line)
             if not self._policy(first, size, self._total):
-                self._reset_command()
+                self._abort_command()
                 if not sync:
                     # RFC 7888 §4: the client sends a non-synchronizing literal anyway; swallow it.
                     self._skip = size
@@ -215,6 +253,8 @@ class Framer:
             self._lines.append(line[: m.start()])
             self._binary.append(bool(m.group(1)))
             self._literal_left = size
+            if size and self._spool is not None:
+                self._sink = self._spool(first, size)
             if size == 0:
                 self._literals.append(b"")
                 self._literal_left = None

@@ -1,9 +1,9 @@
 """Lazy access to one stored message for FETCH and SEARCH: header block, ranges, decoded text.
 
 Messages are stored with CRLF line ends, so byte offsets in the file are IMAP octet offsets.
-Whole bodies are never loaded to answer ``BODY[]``/``BODY[TEXT]``: :meth:`Message.iter_range` streams
-them in chunks.  MIME structure (numbered parts, ENVELOPE, BODYSTRUCTURE) is mailsuite.mime's job
-(see mimeview.py).
+Big bodies are never loaded whole to answer ``BODY[]``/``BODY[TEXT]``: :meth:`Message.iter_range`
+streams them in chunks; ranges up to ``WHOLE_READ`` octets are read in one go (:meth:`Message.read_range`).
+MIME structure (numbered parts, ENVELOPE, BODYSTRUCTURE) is mailsuite.mime's job (see mimeview.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import BinaryIO, Callable, Iterator
 
 CHUNK = 65536
+WHOLE_READ = 256 * 1024  # ranges up to this size are read with one read() (FETCH of small messages)
 
 
 class Message:
@@ -41,7 +42,9 @@ class Message:
         """Bytes ``[start, start+length)`` of the file, in chunks."""
         if self._raw is not None:
             for off in range(start, start + length, CHUNK):
-                yield self._raw[off : min(off + CHUNK, start + length)]
+                n = min(CHUNK, start + length - off)
+                data = self._raw[off : off + n]
+                yield data if len(data) == n else data + b" " * (n - len(data))  # shrank: pad (§4.3)
             return
         with self._opener() as f:
             f.seek(start)
@@ -53,3 +56,20 @@ class Message:
                     data = b" " * left
                 left -= len(data)
                 yield data
+
+    def read_range(self, start: int, length: int) -> bytes:
+        """Bytes ``[start, start+length)`` of the file with one open and one read (for small ranges).
+
+        Padded with spaces if the file shrank under us, as :meth:`iter_range` does (RFC 3501 §4.3)."""
+        if self._raw is not None:
+            data = self._raw[start : start + length]
+        elif length <= 0:
+            return b""
+        else:
+            with self._opener() as f:
+                if start:
+                    f.seek(start)
+                data = f.read(length)
+        if len(data) < length:
+            data += b" " * (length - len(data))
+        return data

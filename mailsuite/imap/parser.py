@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -43,7 +44,10 @@ class ParseError(Exception):
 
 @dataclass(frozen=True)
 class Section:
-    """``BODY[<part>.<text>]`` (RFC 3501 §6.4.5)."""
+    """``BODY[<part>.<text>]`` (RFC 3501 §6.4.5).
+
+    Derived forms (the echoed spec, the field names to match) are computed once per parsed command
+    and kept on the instance (``cached_property`` writes ``__dict__`` directly, so frozen is fine)."""
 
     part: tuple[int, ...] = ()
     text: str | None = None  # HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT, MIME or None
@@ -51,6 +55,10 @@ class Section:
 
     def spec(self) -> str:
         """The section as echoed in the FETCH response."""
+        return self._spec
+
+    @cached_property
+    def _spec(self) -> str:
         items = [".".join(str(p) for p in self.part)] if self.part else []
         if self.text:
             items.append(self.text)
@@ -59,6 +67,12 @@ class Section:
             # echoed upper-case, as Dovecot does (RFC 3501 §7.4.2 leaves the spelling open)
             s += " (" + " ".join(_quote_if_needed(f.upper()) for f in self.fields) + ")"
         return s
+
+    @cached_property
+    def field_keys(self) -> frozenset[bytes]:
+        """The HEADER.FIELDS(.NOT) names as matched against raw field names: ``str.lower`` then UTF-8,
+        compared with ``bytes.lower()`` of the name in the message (RFC 5322 §1.2.2: case-insensitive)."""
+        return frozenset(n.lower().encode("utf-8", "replace") for n in self.fields)
 
 
 @dataclass(frozen=True)
@@ -81,8 +95,12 @@ class Command:
     args: dict[str, Any] = field(default_factory=dict)
 
 
+# An atom: ASCII above SP without atom-specials (RFC 3501 §9); anything else is echoed quoted.
+_ATOM_RE = re.compile(r'[^\x00-\x20\x7f-\U0010ffff(){ %*"\\\]]+')
+
+
 def _quote_if_needed(s: str) -> str:
-    if s and all(c.isascii() and ord(c) > 0x20 and ord(c) not in _ATOM_SPECIALS for c in s):
+    if _ATOM_RE.fullmatch(s):
         return s
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -129,9 +147,12 @@ class Cursor:
     def peek_word(self, n: int) -> bytes:
         return self.line[self.pos : self.pos + n]
 
-    def take_literal(self) -> _Literal:
+    def take_literal(self, spooled_ok: bool = False) -> _Literal:
+        """The next literal; only an APPEND message (``spooled_ok``) may be a spooled file."""
         if not self.at_literal():
             raise self.fail("Expected a literal")
+        if not spooled_ok and not isinstance(self.literals[self.li], bytes):
+            raise self.fail("Literal too big here")
         lit = _Literal(self.literals[self.li], self.binary[self.li])
         self.li += 1
         self.pos = 0
@@ -493,10 +514,10 @@ def _append(cur: Cursor, args: dict) -> None:
         cur.pos += 4
         cur.sp()
         cur.expect(b"(")
-        lit = cur.take_literal()
+        lit = cur.take_literal(spooled_ok=True)
         cur.expect(b")")
     else:
-        lit = cur.take_literal()
+        lit = cur.take_literal(spooled_ok=True)
     args.update(flags=flags, date=when, message=lit.data, binary=lit.binary)
 
 

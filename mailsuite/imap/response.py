@@ -46,7 +46,13 @@ def internaldate(when: datetime) -> bytes:
     ).encode("ascii")
 
 
+_FLAG_ORDER = {"\\Answered": 0, "\\Flagged": 1, "\\Deleted": 2, "\\Seen": 3, "\\Draft": 4, "\\Recent": 5}
+
+
+def _flag_key(flag: str) -> tuple[int, str]:
+    return _FLAG_ORDER.get(flag, 9), flag
+
+
 def sort_flags(flags: Iterable[str]) -> list[str]:
     """System flags first in a stable order, then keywords alphabetically."""
-    order = {"\\Answered": 0, "\\Flagged": 1, "\\Deleted": 2, "\\Seen": 3, "\\Draft": 4, "\\Recent": 5}
-    return sorted(flags, key=lambda f: (order.get(f, 9), f))
+    return sorted(flags, key=_flag_key)

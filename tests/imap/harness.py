@@ -7,8 +7,8 @@ from pathlib import Path
 from twisted.internet import defer
 
 from mailsuite.imap.backend import UserMail
-from mailsuite.imap.engine import (Authenticate, Await, Close, EngineConfig, ImapEngine, StartCompression, StartTLS,
-                                   Stream)
+from mailsuite.imap.engine import (Authenticate, AuthFailed, Await, Close, EngineConfig, ImapEngine,
+                                   StartCompression, StartTLS, Stream)
 from mailsuite.store import Store
 
 USERS = {"alice@example.org": "secret", "bob@example.org": "hunter2"}
@@ -56,6 +56,9 @@ class Session:
                 self.actions.append(item)
                 ok = USERS.get(item.user) == item.password
                 queue = self.engine.auth_result(item.user if ok else None) + queue
+            elif isinstance(item, AuthFailed):
+                self.actions.append(item)
+                queue = self.engine.auth_result(None) + queue
             elif isinstance(item, Await):
                 results: list = []
                 item.deferred.addBoth(results.append)

@@ -178,3 +178,42 @@ def test_compress_deflate(env):
     proto.dataReceived(b"garbage that is not deflate \xff\xff\xff")
     assert tr.closed
     proto.connectionLost(None)
+
+
+def test_bad_sasl_plain_is_a_logged_delayed_failure_on_both_ports(env):
+    """A malformed PLAIN response or a foreign authorization identity writes the fail2ban line (service
+    ``imap`` on 993 too), waits ``auth.failure_delay`` like a wrong password, and counts toward
+    ``auth.max_failures`` (DESIGN §4)."""
+    import base64
+
+    from twisted.logger import globalLogPublisher
+
+    lines: list[str] = []
+
+    def observer(event: dict) -> None:
+        from twisted.logger import formatEvent
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        factory = build_factory(env, "imaps")
+        proto, tr = connect(env, factory)
+        tr.clear()
+        proxy = base64.b64encode(b"bob@example.org\0alice@example.org\0secret")
+        proto.dataReceived(b"a AUTHENTICATE PLAIN " + proxy + b"\r\nb NOOP\r\n")
+        assert tr.value() == b""  # the answer waits for failure_delay, like a wrong password
+        env.reactor.advance(env.settings.auth.failure_delay)
+        assert tr.value() == b"a NO [AUTHORIZATIONFAILED] No proxy authentication\r\nb OK NOOP completed\r\n"
+        tr.clear()
+        proto.dataReceived(b"c AUTHENTICATE PLAIN\r\n" + base64.b64encode(b"\0only-one-nul") + b"\r\n")
+        env.reactor.advance(env.settings.auth.failure_delay)
+        assert tr.value() == b"+ \r\nc BAD Malformed PLAIN response\r\n"
+        tr.clear()
+        proto.dataReceived(b"d LOGIN alice@example.org wrong\r\n")
+        assert b"d NO [AUTHENTICATIONFAILED]" in tr.value() and b"* BYE" in tr.value() and tr.closed
+        assert env.accounts.calls == [("imap", "127.0.0.1")]  # service "imap" on 993 as on 143
+        proto.connectionLost(None)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert "mailsuite auth failure: service=imap ip=127.0.0.1 user=alice@example.org" in lines
+    assert "mailsuite auth failure: service=imap ip=127.0.0.1 user=only-one-nul" in lines

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from .harness import MESSAGE, Session, make_store
 from .imapcheck import fetch_items, responses, tagged, untagged
-from mailsuite.imap.engine import Authenticate, StartTLS
+from mailsuite.imap.engine import Authenticate, AuthFailed, StartTLS
 
 
 @pytest.fixture
@@ -90,6 +90,35 @@ def test_authenticate_cancel_and_garbage(store):
     sess.cmd("b AUTHENTICATE PLAIN")
     assert tagged(sess.send(b"!!!notbase64\r\n"), b"b")[1] == b"BAD"
     assert tagged(sess.cmd("c NOOP"), b"c")[1] == b"OK"
+
+
+@pytest.mark.parametrize("response, user, reply", [
+    (b"\0alice@example.org", "alice@example.org", b"BAD"),           # RFC 4616: two NULs needed
+    (b"alice@example.org", "", b"BAD"),
+    (b"bob@example.org\0alice@example.org\0secret", "alice@example.org", b"NO [AUTHORIZATIONFAILED]"),
+    (None, "", b"BAD"),                                                # not base64
+])
+def test_bad_plain_responses_count_as_failed_logins(store, response, user, reply):
+    """A malformed AUTHENTICATE PLAIN response or another authorization identity is a failed login:
+    logged for fail2ban (AuthFailed action) and counted toward auth.max_failures (DESIGN §4)."""
+    sess = Session(store)
+    for i in range(3):
+        assert sess.cmd(f"a{i} AUTHENTICATE PLAIN") == b"+ \r\n"
+        line = b"!!!notbase64" if response is None else base64.b64encode(response)
+        out = sess.send(line + b"\r\n")
+        assert out.startswith(f"a{i} ".encode() + reply), out
+        assert sess.actions[-1] == AuthFailed(user)
+        assert (b"* BYE" in out) == (i == 2) and sess.closed == (i == 2)
+    assert not any(isinstance(a, Authenticate) for a in sess.actions)
+
+
+def test_sasl_ir_proxy_attempt_counts_with_wrong_passwords(store):
+    sess = Session(store)
+    sess.cmd("a LOGIN alice@example.org wrong")
+    ir = base64.b64encode(b"bob@example.org\0alice@example.org\0secret").decode()
+    assert b"b NO [AUTHORIZATIONFAILED]" in sess.cmd(f"b AUTHENTICATE PLAIN {ir}")
+    out = sess.cmd("c LOGIN alice@example.org wrong")
+    assert b"c NO [AUTHENTICATIONFAILED]" in out and b"* BYE" in out and sess.closed
 
 
 def test_failed_logins_then_bye(store):
@@ -545,3 +574,74 @@ def test_compress_deflate_switch(s):
     assert b"[COMPRESSIONACTIVE]" in s.cmd("c COMPRESS DEFLATE")
     pre = Session(s.store)
     assert tagged(pre.cmd("d COMPRESS DEFLATE"), b"d")[1] == b"BAD"  # not before authentication
+
+
+# -- big APPEND literals are spooled to the user's tmp/, not held in memory
+
+
+def _tmp_files(store) -> list[str]:
+    return sorted(p.name for p in (store.user_dir("alice@example.org") / "tmp").iterdir())
+
+
+def test_big_append_is_spooled_and_round_trips(store, s, monkeypatch):
+    from mailsuite.imap import spool
+
+    header = b"From: a@example.org\r\nSubject: big one\r\n\r\n"
+    body = b"".join(b"line %d of the body\n" % i for i in range(40_000))  # bare LF: stored as CRLF
+    data = header + body + b"tail\r\r\n"
+    expected = header + body.replace(b"\n", b"\r\n") + b"tail\r\r\n"
+    assert len(data) > spool.SPOOL_THRESHOLD
+    written: list[int] = []
+    real_write = spool.SpoolFile.write
+    monkeypatch.setattr(spool.SpoolFile, "write", lambda self, d: (written.append(len(d)), real_write(self, d)))
+    sess_out = s.send(b"a APPEND INBOX (\\Seen $Big) {%d}\r\n" % len(data))
+    assert sess_out == b"+ Ready for literal data\r\n"
+    assert len(_tmp_files(store)) == 1  # the spool file exists while the literal arrives
+    # odd packet sizes, so CR LF pairs are split between packets
+    for i in range(0, len(data), 4093):
+        assert s.send(data[i:i + 4093]) == b""
+        assert not s.engine.framer._literal_parts  # nothing collected in memory
+    out = s.send(b"\r\n")
+    assert b"a OK [APPENDUID" in out, out
+    assert sum(written) == len(data) and max(written) <= 4093
+    assert _tmp_files(store) == []  # linked into cur/, no copy left behind
+    s.cmd("b SELECT INBOX")
+    out = s.cmd("c FETCH 1 (FLAGS RFC822.SIZE BODY.PEEK[])")
+    assert b"RFC822.SIZE %d" % len(expected) in out and expected in out
+    assert b"\\Seen" in out and b"$Big" in out
+    assert b'"big one"' in s.cmd("d FETCH 1 ENVELOPE")  # the header cache came from the spool file
+
+
+@pytest.mark.parametrize("case", ["trycreate", "badflag", "mailbox-literal", "dropped", "too-long-after"])
+def test_spool_files_never_left_behind(store, s, case):
+    big = b"x" * (300 * 1024)
+    if case == "trycreate":
+        out = s.send(b"a APPEND Nowhere {%d+}\r\n" % len(big) + big + b"\r\n")
+        assert b"a NO [TRYCREATE]" in out
+    elif case == "badflag":
+        out = s.send(b"a APPEND INBOX (\\Bogus) {%d+}\r\n" % len(big) + big + b"\r\n")
+        assert b"a NO" in out
+    elif case == "mailbox-literal":  # a spooled literal where a string belongs: BAD, file removed
+        out = s.send(b"a APPEND {%d+}\r\n" % len(big) + big + b" {3+}\r\nabc\r\n")
+        assert b"a BAD" in out
+    elif case == "dropped":  # connection lost halfway through the literal
+        s.send(b"a APPEND INBOX {%d+}\r\n" % len(big) + big[:1000])
+        assert len(_tmp_files(store)) == 1
+        s.engine.connection_lost()
+    else:  # a later literal of the same command is refused: the spooled one goes too
+        out = s.send(b"a APPEND INBOX {%d+}\r\n" % len(big) + big + b" {999999999}\r\n")
+        assert b"a BAD" in out or b"a NO" in out
+    assert _tmp_files(store) == []
+    if case != "dropped":
+        assert tagged(s.cmd("z NOOP"), b"z")[1] == b"OK"
+
+
+def test_append_date_keeps_the_instant_shown_in_utc(s):
+    """The store keeps INTERNALDATE as a Unix time (the file's mtime), so the zone of APPEND's
+    date-time is not kept: the same instant comes back in +0000 (docs/imap.md)."""
+    out = s.send(b'a APPEND INBOX "14-Mar-2024 14:30:00 +0230" {%d+}\r\n' % len(MESSAGE) + MESSAGE + b"\r\n")
+    assert b"a OK [APPENDUID" in out
+    s.cmd("b SELECT INBOX")
+    items = fetch_items(untagged(s.cmd("c FETCH 1 INTERNALDATE"), b"FETCH")[0])
+    assert items[b"INTERNALDATE"] == b"14-Mar-2024 12:00:00 +0000"
+    assert b"* SEARCH 1" in s.cmd("d SEARCH ON 14-Mar-2024")

@@ -4,6 +4,7 @@ IDLE woken by SMTP delivery, curl and mbsync."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import imaplib
 import os
 import re
@@ -12,6 +13,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +25,7 @@ from .imapcheck import fetch_items, tagged, untagged
 
 IN_CI = os.environ.get("CI") == "true"
 PASSWORD = "Secret pw 1"
-USERS = ("alice", "bob", "carol", "dave", "erin")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "henry")
 
 
 def tls_context() -> ssl.SSLContext:
@@ -245,6 +247,29 @@ def test_thunderbird_session_byte_for_byte(srv):
     c.close()
 
 
+def test_bad_sasl_plain_counts_and_is_logged_on_993(srv):
+    """A PLAIN response naming another authorization identity, or a malformed one, is a failed login:
+    the fail2ban line (service=imap on 993 too), and the third failure ends the session."""
+    c = Raw(srv, "imaps")
+    proxy = base64.b64encode(b"alice@example.org\0bob@example.org\0" + PASSWORD.encode())
+    out = c.command(b"a", b"AUTHENTICATE PLAIN " + proxy)
+    assert out.startswith(b"a NO [AUTHORIZATIONFAILED]"), out
+    out = c.command(b"b", b"AUTHENTICATE PLAIN " + base64.b64encode(b"\0bob@example.org"))
+    assert out.startswith(b"b BAD"), out
+    out = c.command(b"c", b"AUTHENTICATE PLAIN " + base64.b64encode(b"\0alice@example.org\0" + PASSWORD.encode()))
+    assert out.startswith(b"c OK")  # still allowed: two failures so far
+    c.close()
+    c = Raw(srv, "imaps")
+    for tag in (b"d", b"e"):
+        c.command(tag, b"AUTHENTICATE PLAIN " + proxy)
+    c.sock.sendall(b"f AUTHENTICATE PLAIN " + proxy + b"\r\n")
+    assert b"* BYE" in c.read_until(b"* BYE")
+    c.close()
+    log = srv.log_text()
+    assert log.count("mailsuite auth failure: service=imap ip=127.0.0.1 user=bob@example.org\n") >= 4
+    assert "service=imaps" not in log
+
+
 def test_idle_sees_smtp_delivery(srv):
     c = Raw(srv, "imaps")
     c.command(b"a", b"LOGIN dave@example.org \"" + PASSWORD.encode() + b"\"")
@@ -430,6 +455,56 @@ def test_big_message_streamed_over_tls(srv):
         m.logout()
 
 
+def rss_kb(srv: MailServer) -> int:
+    assert srv.proc is not None
+    status = Path(f"/proc/{srv.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+class RssSampler(threading.Thread):
+    """The server's largest resident size while the block runs."""
+
+    def __init__(self, srv: MailServer) -> None:
+        super().__init__(daemon=True)
+        self.srv, self.stop, self.peak = srv, threading.Event(), 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, rss_kb(self.srv))
+
+    def __enter__(self) -> "RssSampler":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join()
+
+
+def test_20mb_append_streams_to_disk(srv):
+    """A big APPEND literal goes to a spool file in the Maildir as it arrives: the server's memory
+    grows far less than the message, and the message comes back byte for byte."""
+    line = b"0123456789" * 7 + b"abcdef\r\n"
+    data = (b"From: big@example.net\r\nSubject: twenty\r\n\r\n"
+            + b"".join(line for _ in range(20 * 1024 * 1024 // len(line))))
+    assert len(data) > 20 * 1000 * 1000
+    m = imaplib.IMAP4_SSL(HOST, srv.port("imaps"), ssl_context=tls_context())
+    try:
+        m.login("frank@example.org", PASSWORD)
+        m.create("Huge")
+        before = rss_kb(srv)
+        with RssSampler(srv) as sampler:
+            typ, resp = m.append("Huge", "(\\Flagged)", None, data)
+        assert typ == "OK" and b"APPENDUID" in resp[0], resp
+        assert sampler.peak - before < 8 * 1024, (before, sampler.peak)  # KiB; the message is 20 MB
+        m.select("Huge")
+        typ, got = m.fetch("1", "(FLAGS RFC822.SIZE BODY.PEEK[])")
+        assert got[0][1] == data and b"RFC822.SIZE %d" % len(data) in got[0][0] and b"\\Flagged" in got[0][0]
+    finally:
+        m.logout()
+    assert not list((srv.maildir("frank@example.org") / "tmp").iterdir())  # no spool file left
+
+
 def test_compress_deflate_over_tls(srv):
     """RFC 4978 as Thunderbird uses it: COMPRESS DEFLATE after login, then everything compressed."""
     import zlib
@@ -466,3 +541,121 @@ def test_plaintext_loopback_exemption(tmp_path):
         with pytest.raises((imaplib.IMAP4.abort, imaplib.IMAP4.error)):
             m.login("alice@example.org", "wrong")  # the third failure ends the session (auth.max_failures)
     assert "mailsuite auth failure: service=imap ip=127.0.0.1 user=alice@example.org" in server.log_text()
+
+
+# -- imapclient (a real client library, when installed)
+
+
+def test_imapclient_session(srv):
+    """imapclient over STARTTLS and 993: login, folders, append, select, fetch, search, flags, move,
+    IDLE woken by an SMTP delivery."""
+    # a test dependency once pyproject's [test] extra lists it; skipped where it is not installed
+    if IN_CI:   # a test dependency ([test] extra): CI must have it
+        from imapclient import IMAPClient
+    else:
+        IMAPClient = pytest.importorskip("imapclient", reason="imapclient not installed").IMAPClient
+
+    user = "grace@example.org"
+    c = IMAPClient(HOST, port=srv.port("imap"), ssl=False, timeout=30)
+    c.starttls(tls_context())
+    c.login(user, PASSWORD)
+    assert b"IDLE" in c.capabilities() and b"UIDPLUS" in c.capabilities()
+    names = {name for _flags, _delim, name in c.list_folders()}
+    assert {"INBOX", "Sent", "Trash"} <= names
+    assert c.find_special_folder(b"\\Trash") == "Trash"
+    c.create_folder("Projekte/Übersicht".replace("/", "."))  # modified UTF-7 on the wire
+    assert "Projekte.Übersicht" in {name for _f, _d, name in c.list_folders()}
+    for i in range(3):
+        c.append("INBOX", message(i, "client"), flags=[b"\\Flagged"] if i == 1 else [])
+    info = c.select_folder("INBOX")
+    assert info[b"EXISTS"] == 3 and info[b"UIDVALIDITY"] > 0
+    uids = c.search(["SUBJECT", "client 1"])
+    assert len(uids) == 1
+    assert c.search(["FLAGGED"]) == uids
+    data = c.fetch(uids, ["ENVELOPE", "BODY.PEEK[]", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "BODYSTRUCTURE"])
+    item = data[uids[0]]
+    assert item[b"BODY[]"] == message(1, "client") and item[b"RFC822.SIZE"] == len(message(1, "client"))
+    assert item[b"ENVELOPE"].subject == b"client 1" and item[b"ENVELOPE"].from_[0].mailbox == b"sender"
+    assert b"\\Seen" not in item[b"FLAGS"] and item[b"BODYSTRUCTURE"][0].lower() == b"text"
+    c.add_flags(uids, [b"\\Seen", b"$Label1"])
+    assert set(c.get_flags(uids)[uids[0]]) == {b"\\Flagged", b"\\Seen", b"$Label1", b"\\Recent"}
+    c.move(uids, "Projekte.Übersicht")
+    assert c.folder_status("Projekte.Übersicht", [b"MESSAGES"])[b"MESSAGES"] == 1
+    c.idle()
+    smtp_deliver(srv, user, message(9, "pushed"))
+    responses = []
+    for _ in range(20):  # bounded: up to 20 x 1 s
+        responses += c.idle_check(timeout=1)
+        if any(r[1] == b"EXISTS" for r in responses):
+            break
+    c.idle_done()
+    assert (3, b"EXISTS") in responses, responses  # 2 left after the MOVE, then the delivery
+    assert c.search(["SUBJECT", "pushed"]) != []
+    c.logout()
+    s = IMAPClient(HOST, port=srv.port("imaps"), ssl=True, ssl_context=tls_context(), timeout=30)
+    s.login(user, PASSWORD)
+    assert s.select_folder("Projekte.Übersicht", readonly=True)[b"EXISTS"] == 1
+    s.logout()
+
+
+@pytest.mark.skipif(shutil.which("offlineimap") is None and not IN_CI, reason="offlineimap not installed")
+def test_offlineimap_two_way_sync(srv, tmp_path):
+    """offlineimap over 993 (pinned certificate): download, local flag/new/deleted messages and a
+    server-side change go both ways, and a further run changes nothing."""
+    user = "henry"
+    m = login(srv, user)
+    m.create("Work")
+    for i in range(3):
+        m.append("INBOX", None, None, message(i, "oi"))
+    m.append("Work", "(\\Flagged)", None, message(5, "oi work"))
+    m.logout()
+    der = ssl.PEM_cert_to_DER_cert((srv.data_dir / "tls" / "selfsigned-cert.pem").read_text())
+    local = tmp_path / "mail"
+    local.mkdir()
+    rc = tmp_path / "offlineimaprc"
+    rc.write_text(f"""[general]
+accounts = acc
+metadata = {tmp_path}/meta
+
+[Account acc]
+localrepository = local
+remoterepository = remote
+
+[Repository local]
+type = Maildir
+localfolders = {local}
+
+[Repository remote]
+type = IMAP
+remotehost = {HOST}
+remoteport = {srv.port('imaps')}
+remoteuser = {user}@example.org
+remotepass = {PASSWORD}
+ssl = yes
+cert_fingerprint = {hashlib.sha512(der).hexdigest()}
+folderfilter = lambda f: f in ["INBOX", "Work"]
+""")
+
+    def run() -> None:
+        r = subprocess.run(["offlineimap", "-c", str(rc), "-o", "-u", "basic"], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+        assert r.returncode == 0 and "ERROR" not in r.stdout + r.stderr, (r.stdout, r.stderr)
+
+    run()
+    snap = _snapshot(local)
+    assert len(snap["INBOX"]) == 3 and len(snap["Work"]) == 1 and all(n.endswith(",F") for n in snap["Work"])
+    inbox = sorted(p for sub in ("new", "cur") for p in (local / "INBOX" / sub).iterdir())
+    inbox[0].rename(local / "INBOX" / "cur" / (inbox[0].name.split(":2,")[0] + ":2,S"))
+    inbox[1].unlink()
+    (local / "Work" / "new" / "1700000000.oi-local.host").write_bytes(message(6, "oi local"))
+    m = login(srv, user)
+    m.select("Work")
+    m.store("1", "+FLAGS", "(\\Answered)")
+    m.logout()
+    run()
+    state = _server_state(srv, user, ["INBOX", "Work"])
+    assert len(state["INBOX"]) == 2 and sum(1 for _, f in state["INBOX"] if b"\\Seen" in f) == 1
+    assert len(state["Work"]) == 2
+    assert any(n.endswith(",FR") or n.endswith(",RF") for n in _snapshot(local)["Work"])
+    run()  # nothing left to do
+    assert _server_state(srv, user, ["INBOX", "Work"]) == state
