@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from .accounts import Accounts, AccountsFileError
 from .accounts.files import normalise_address

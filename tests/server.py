@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,30 @@ max_failures = 3
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def rss_kb(srv: MailServer) -> int:
+    """The server process's resident memory now (VmRSS, KiB)."""
+    assert srv.proc is not None
+    status = Path(f"/proc/{srv.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+class RssSampler(threading.Thread):
+    """The server's largest resident size while the block runs (VmHWM is no use: argon2 sets it)."""
+
+    def __init__(self, srv: MailServer) -> None:
+        super().__init__(daemon=True)
+        self.srv, self.stop, self.peak = srv, threading.Event(), 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, rss_kb(self.srv))
+
+    def __enter__(self) -> "RssSampler":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join()

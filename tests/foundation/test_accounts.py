@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import task
 
 from mailsuite.accounts import Accounts, AccountsFileError, LocalTarget
 from mailsuite.accounts.passwords import sha_crypt

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import REPO, TWISTD, MailServer, env, free_port
+from tests.server import REPO, TWISTD, MailServer, env
 
 
 def test_starts_listens_and_stops_on_sigterm(mailserver: MailServer) -> None:
@@ -132,7 +132,6 @@ def test_cli_users_and_aliases(mailserver: MailServer) -> None:
 
 def test_user_added_while_running_can_log_in(mailserver: MailServer) -> None:
     """Admin changes reach the running server without a restart."""
-    import imaplib
     import poplib
     srv = MailServer(mailserver.dir / "plain", allow_plaintext_loopback=True, services=("pop3",))
     srv.start()

@@ -13,13 +13,12 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.server import HOST, MailServer
+from tests.server import HOST, MailServer, RssSampler, rss_kb
 
 from .imapcheck import fetch_items, tagged, untagged
 
@@ -453,32 +452,6 @@ def test_big_message_streamed_over_tls(srv):
         assert typ == "OK" and len(got) == 61
     finally:
         m.logout()
-
-
-def rss_kb(srv: MailServer) -> int:
-    assert srv.proc is not None
-    status = Path(f"/proc/{srv.proc.pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-
-
-class RssSampler(threading.Thread):
-    """The server's largest resident size while the block runs."""
-
-    def __init__(self, srv: MailServer) -> None:
-        super().__init__(daemon=True)
-        self.srv, self.stop, self.peak = srv, threading.Event(), 0
-
-    def run(self) -> None:
-        while not self.stop.wait(0.005):
-            self.peak = max(self.peak, rss_kb(self.srv))
-
-    def __enter__(self) -> "RssSampler":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.join()
 
 
 def test_20mb_append_streams_to_disk(srv):

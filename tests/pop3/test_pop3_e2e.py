@@ -10,7 +10,6 @@ import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from mailsuite.store import Store
-from tests.server import HOST, MailServer
+from tests.server import HOST, MailServer, RssSampler, rss_kb
 
 IN_CI = os.environ.get("CI") == "true"
 PASSWORD = "Secret pw 1"
@@ -185,32 +184,6 @@ def test_in_use_second_session(srv: MailServer) -> None:
     assert second.pass_(PASSWORD).startswith(b"+OK")
     second.quit()
     third.quit()
-
-
-def rss_kb(srv: MailServer) -> int:
-    assert srv.proc is not None
-    status = Path(f"/proc/{srv.proc.pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-
-
-class RssSampler(threading.Thread):
-    """The server's largest resident size while the block runs (VmHWM is no use: argon2 sets it)."""
-
-    def __init__(self, srv: MailServer) -> None:
-        super().__init__(daemon=True)
-        self.srv, self.stop, self.peak = srv, threading.Event(), 0
-
-    def run(self) -> None:
-        while not self.stop.wait(0.005):
-            self.peak = max(self.peak, rss_kb(self.srv))
-
-    def __enter__(self) -> "RssSampler":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.join()
 
 
 def test_dot_first_line_and_20mb_round_trip(srv: MailServer) -> None:
