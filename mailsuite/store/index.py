@@ -14,11 +14,12 @@ Not thread-safe by itself: :class:`~mailsuite.store.Store` serialises all calls 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,11 @@ log = Logger()
 INDEX_FILE = "mailsuite-index.sqlite"
 UIDVALIDITY_FILE = "mailsuite-uidvalidity"
 SCHEMA_VERSION = 1
+#: SQLite page cache per connection, in KiB (negative PRAGMA cache_size): one connection per user,
+#: so the default 2 MiB each would dominate the memory of a server with many idle sessions.
+CACHE_KIB = 256
+
+_use_clock = itertools.count(1)
 
 _SCHEMA = """
 CREATE TABLE folders (
@@ -88,13 +94,58 @@ class FolderRow:
 class UserIndex:
     """The SQLite index of one user.  Opening never fails on a bad database: it is rebuilt."""
 
-    def __init__(self, user_dir: Path) -> None:
+    def __init__(self, user_dir: Path, on_open: Callable[[UserIndex], object] | None = None) -> None:
         self.user_dir = user_dir
         self.path = user_dir / INDEX_FILE
         self._uidvalidity_path = user_dir / UIDVALIDITY_FILE
         #: True when this open created a fresh database (first use, or after loss/corruption).
         self.fresh = False
-        self.db = self._open()
+        #: Called after the connection is (re)opened, e.g. to evict other users' connections.
+        self._on_open = on_open
+        #: Logical time of the last use of the connection (for least-recently-used eviction).
+        self.last_used = next(_use_clock)
+        self._db: sqlite3.Connection | None = self._open()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, reopened on demand after :meth:`release`."""
+        db = self._db
+        if db is None:
+            db = self._reopen()
+        self.last_used = next(_use_clock)
+        return db
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    def release(self) -> bool:
+        """Close the connection to free its memory (the next use reopens it).  Refused (False)
+        inside a transaction."""
+        db = self._db
+        if db is None:
+            return True
+        if db.in_transaction:
+            return False
+        db.close()
+        self._db = None
+        return True
+
+    def _reopen(self) -> sqlite3.Connection:
+        """Reconnect to the database checked by the first open of this process (no quick_check)."""
+        if not self.path.exists():
+            # Lost while we were running: the mailboxes built on it hold stale folder ids, so do
+            # not silently start an empty index under them.
+            raise sqlite3.DatabaseError(f"index {self.path} vanished while in use")
+        db = self._connect()
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            db.close()
+            raise sqlite3.DatabaseError(f"index {self.path} replaced while in use (version {version})")
+        self._db = db
+        if self._on_open is not None:
+            self._on_open(self)
+        return db
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -106,6 +157,7 @@ class UserIndex:
         # FULL: a UID handed to a client must survive a power cut together with its file.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         return db
 
     def _open(self) -> sqlite3.Connection:
@@ -145,23 +197,26 @@ class UserIndex:
                 pass
 
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     # -- helpers ------------------------------------------------------------------------------
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error).  Nested use joins the outer transaction."""
-        if self.db.in_transaction:
-            yield self.db
+        db = self.db
+        if db.in_transaction:
+            yield db
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
-            yield self.db
+            yield db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        db.execute("COMMIT")
 
     def next_uidvalidity(self) -> int:
         """A UIDVALIDITY never handed out before for this user (time based, strictly increasing)."""

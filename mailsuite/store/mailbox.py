@@ -399,6 +399,11 @@ class Mailbox:
 
         changed = bool(removed or relocated or added)
         highest = modseq if (removed or added or flag_changed) else self.highestmodseq
+        if not changed and uidnext == self.uidnext:
+            # Nothing to write: no transaction, so no COMMIT (an fsync with synchronous=FULL).  The
+            # index keeps the older scan state; at worst a later open lists the directory once more.
+            self._state.update(states)
+            return False
         idx = self._index
         with idx.transaction():
             self._flush_headers()

@@ -87,6 +87,10 @@ def _check_user_part(part: str, what: str) -> None:
         raise InvalidUser(f"invalid {what} in user name")
 
 
+#: Default bound on open per-user SQLite connections (bench 7a: one per user otherwise).
+MAX_OPEN_INDEXES = 64
+
+
 class _UserState:
     """Per-user shared state: the lock, the index, the open mailboxes."""
 
@@ -102,8 +106,12 @@ class _UserState:
     def index(self) -> UserIndex:
         if self._index is None:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._index = UserIndex(self.dir)
+            self._index = UserIndex(self.dir, on_open=self._index_opened)
+            self.store._index_opened(self)
         return self._index
+
+    def _index_opened(self, _index: UserIndex) -> None:
+        self.store._index_opened(self)
 
     def notify(self, name: str) -> None:
         self.store._notify(self.user, name)
@@ -120,6 +128,7 @@ class _UserState:
             if self._index is not None:
                 self._index.close()
                 self._index = None
+        self.store._index_closed(self)
 
 
 class Store:
@@ -129,12 +138,54 @@ class Store:
     i.e. the reactor's bounded thread pool); tests may pass ``lambda f: defer.execute(f)``.
     """
 
-    def __init__(self, root: Path | str, *, runner: Runner | None = None) -> None:
+    def __init__(
+        self, root: Path | str, *, runner: Runner | None = None, max_open_indexes: int = MAX_OPEN_INDEXES
+    ) -> None:
         self.root = Path(root)
         self._runner: Runner = runner or _default_runner
         self._lock = threading.RLock()
         self._users: dict[str, _UserState] = {}
         self._listeners: dict[tuple[str, str], list[Callable[[], object]]] = {}
+        #: Users whose index connection is open; at most ``max_open_indexes`` stay so.
+        self._max_open = max(1, max_open_indexes)
+        self._open_indexes: set[_UserState] = set()
+
+    # -- index connections ----------------------------------------------------------------------
+
+    def _index_opened(self, st: _UserState) -> None:
+        """Keep at most ``max_open_indexes`` SQLite connections (~150 KB each): close the least
+        recently used ones.  A released index reopens itself on its next use, so shared Mailbox
+        objects stay valid.  A user busy in another thread (lock held) is skipped."""
+        with self._lock:
+            self._open_indexes.add(st)
+            excess = len(self._open_indexes) - self._max_open
+            if excess <= 0:
+                return
+            victims = sorted(
+                (o for o in self._open_indexes if o is not st),
+                key=lambda o: o._index.last_used if o._index is not None else 0,
+            )
+            for other in victims:
+                if excess <= 0:
+                    break
+                if not other.lock.acquire(blocking=False):
+                    continue
+                try:
+                    idx = other._index
+                    if idx is None or idx.release():
+                        self._open_indexes.discard(other)
+                        excess -= 1
+                finally:
+                    other.lock.release()
+
+    def _index_closed(self, st: _UserState) -> None:
+        with self._lock:
+            self._open_indexes.discard(st)
+
+    def open_index_count(self) -> int:
+        """How many users' index connections are open now."""
+        with self._lock:
+            return sum(1 for st in self._open_indexes if st._index is not None and st._index.is_open)
 
     # -- users --------------------------------------------------------------------------------
 
