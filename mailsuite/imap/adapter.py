@@ -4,8 +4,9 @@
 factory in TLS, RFC 8314).  The adapter writes the engine's bytes, starts TLS, checks passwords through
 ``ctx.accounts``, streams FETCH responses through a pull producer (big bodies go out chunk by chunk from
 the file), runs store Deferreds (APPEND), and turns store change notifications into ``poll()`` calls so
-an IDLE client hears ``* N EXISTS`` as soon as a message is delivered (RFC 2177).  Protocol decisions
-stay in the engine.
+an IDLE client hears ``* N EXISTS`` as soon as a message is delivered (RFC 2177).  Changes made by other
+programs are found by one timer per IDLE mailbox (:class:`OutsideWatch`), shared by all its sessions.
+Protocol decisions stay in the engine.
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from ..accounts import AUTH_FAILURE_FORMAT
-from .backend import UserMail
+from ..store.errors import MailboxNotFound
+from .backend import Mailbox, UserMail
 from .engine import (Authenticate, AuthFailed, Await, Close, EngineConfig, ImapEngine, Output, StartCompression,
                      StartTLS, Stream)
 
-__all__ = ["build_factory", "ImapProtocol", "ImapFactory"]
+__all__ = ["build_factory", "ImapProtocol", "ImapFactory", "OutsideWatch"]
 
 log = Logger()
 
 WRITE_BATCH = 64 * 1024  # bytes written per producer step
 INFLATE_STEP = 64 * 1024  # COMPRESS=DEFLATE input is inflated at most this much at a time
-OUTSIDE_CHANGES_POLL = 15.0  # seconds between Maildir rescans while IDLE (changes by other tools)
+OUTSIDE_CHANGES_POLL = 15.0  # seconds between Maildir rescans of an IDLE mailbox (changes by other tools)
 #: the service name in the fail2ban line, for 143 and 993 alike (one name per protocol keeps the jail simple)
 AUTH_SERVICE = "imap"
 
@@ -47,6 +49,51 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+class OutsideWatch:
+    """One timer per shared :class:`Mailbox` (the store keeps one per user and folder) for all the
+    sessions IDLE on it: every ``OUTSIDE_CHANGES_POLL`` seconds it syncs the mailbox once with the Maildir.
+    A sync that finds changes notifies the store's listeners, which wake each session (RFC 2177), so the
+    sessions themselves do not rescan."""
+
+    def __init__(self, reactor: Any, mailbox: Mailbox, on_empty: Any) -> None:
+        self.reactor = reactor
+        self.mailbox = mailbox
+        self.sessions: set["ImapProtocol"] = set()
+        self.syncs = 0  # Maildir syncs made (tests and profiling)
+        self._on_empty = on_empty
+        self._call: Any = None
+
+    def join(self, proto: "ImapProtocol") -> None:
+        self.sessions.add(proto)
+        if self._call is None:
+            self._call = self.reactor.callLater(OUTSIDE_CHANGES_POLL, self._tick)
+
+    def leave(self, proto: "ImapProtocol") -> None:
+        self.sessions.discard(proto)
+        if not self.sessions:
+            self._stop()
+            self._on_empty(self)
+
+    def _stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _tick(self) -> None:
+        self._call = None
+        self.syncs += 1
+        try:
+            self.mailbox.sync()  # changes -> store listeners -> each session's _wakeup
+        except MailboxNotFound:
+            # the folder is gone: each session finds out by itself and says BYE (RFC 3501 §7.1.5)
+            for proto in list(self.sessions):
+                proto._poll(outside=True)
+        except Exception:
+            log.failure("IMAP: syncing {mailbox} with its Maildir failed", mailbox=self.mailbox.name)
+        if self.sessions and self._call is None:
+            self._call = self.reactor.callLater(OUTSIDE_CHANGES_POLL, self._tick)
 
 
 @implementer(interfaces.IPullProducer)
@@ -111,7 +158,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self._gone = False
         self._paused = False
         self._poll_pending = False
-        self._outside_poll: Any = None
+        self._watch: OutsideWatch | None = None  # the shared outside-change timer while IDLE
         self.callLater = self.ctx.reactor.callLater  # TimeoutMixin uses the context's reactor (tests: Clock)
         self._deflate: Any = None  # RFC 4978 COMPRESS=DEFLATE, once active
         self._inflate: Any = None
@@ -197,8 +244,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self._gone = True
         self.setTimeout(None)
         self._queue.clear()
-        if self._outside_poll is not None and self._outside_poll.active():
-            self._outside_poll.cancel()
+        self._leave_watch()
         self.factory.connection_closed(self.peer)
         if self.engine is not None:
             self.engine.connection_lost()
@@ -219,20 +265,23 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self._handle(self.engine.poll(check_outside=outside))
 
     def _schedule_outside_poll(self) -> None:
-        """While IDLE, look at the Maildir now and then for changes made by other programs."""
+        """While IDLE, have the factory's shared timer look at the Maildir now and then for changes
+        made by other programs; leave it when IDLE ends, another mailbox is selected or the session ends."""
         if self.engine is None or self._gone:
+            self._leave_watch()
             return
-        idle = self.engine.idle_tag is not None
-        active = self._outside_poll is not None and self._outside_poll.active()
-        if idle and not active:
-            self._outside_poll = self.ctx.reactor.callLater(OUTSIDE_CHANGES_POLL, self._outside_tick)
-        elif not idle and active:
-            self._outside_poll.cancel()
+        sel = self.engine.selected
+        mailbox = sel.mailbox if sel is not None and self.engine.idle_tag is not None else None
+        if self._watch is not None and self._watch.mailbox is not mailbox:
+            self._leave_watch()
+        if mailbox is not None and self._watch is None:
+            self._watch = self.factory.outside_watch(mailbox)
+            self._watch.join(self)
 
-    def _outside_tick(self) -> None:
-        self._outside_poll = None
-        self._poll(outside=True)
-        self._schedule_outside_poll()
+    def _leave_watch(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.leave(self)
 
     # -- outputs ------------------------------------------------------------------------------------------
 
@@ -330,6 +379,19 @@ class ImapFactory(ServerFactory):
     def __init__(self, ctx: Any, service: str) -> None:
         self.ctx, self.service = ctx, service
         self.per_ip: dict[str, int] = {}
+        #: shared outside-change timers, by identity of the store's Mailbox (one per user and folder)
+        self.watches: dict[int, OutsideWatch] = {}
+
+    def outside_watch(self, mailbox: Mailbox) -> OutsideWatch:
+        """The timer for ``mailbox``, created for its first IDLE session; dropped when the last leaves."""
+        watch = self.watches.get(id(mailbox))
+        if watch is None or watch.mailbox is not mailbox:
+            watch = self.watches[id(mailbox)] = OutsideWatch(self.ctx.reactor, mailbox, self._watch_done)
+        return watch
+
+    def _watch_done(self, watch: OutsideWatch) -> None:
+        if self.watches.get(id(watch.mailbox)) is watch:
+            del self.watches[id(watch.mailbox)]
 
     def buildProtocol(self, addr: Any) -> ImapProtocol:
         return ImapProtocol(self)

@@ -38,7 +38,7 @@ from ..store.errors import InvalidMailboxName, MailboxExists, MailboxNotFound, M
 from ..store.mailbox import InvalidFlag, normalize_flags, validate_keywords
 from ..store.names import decode_mutf7, encode_mutf7, validate_name
 from . import fetch as fetchmod
-from .backend import DELIMITER, UserMail, split_flags
+from .backend import DELIMITER, Mailbox, UserMail, split_flags
 from .framing import Continue, Framer, Line, RawCommand, Refused, TooLong, tag_of
 from .message import Message
 from .mimeview import BinaryError, UnknownCharset
@@ -125,6 +125,12 @@ EXTENSIONS = (
     "UTF8=ACCEPT", "COMPRESS=DEFLATE",
 )
 ENABLEABLE = {"CONDSTORE", "UTF8=ACCEPT"}
+
+
+def _mailbox_gone(mailbox: Mailbox) -> bool:
+    """True once the store has deleted or renamed the folder under this Mailbox (what ``sync()`` reports
+    as MailboxNotFound, without touching the disk)."""
+    return bool(getattr(mailbox, "_gone", False))
 
 
 class ImapEngine:
@@ -223,7 +229,9 @@ class ImapEngine:
             if check_outside:
                 self.selected.dirty = True  # sync() rescans the Maildir (two stats when unchanged)
             if self.selected.dirty:
-                self._emit_updates(allow_expunge=True)
+                # A store notification means the store has already indexed the change (or the adapter's
+                # shared outside-change tick has just rescanned): no Maildir rescan per session then.
+                self._emit_updates(allow_expunge=True, rescan=check_outside)
         return self._flush()
 
     def connection_lost(self) -> None:
@@ -393,12 +401,17 @@ class ImapEngine:
         line = f"{cmd.tag} {status} " + (f"[{code}] " if code else "") + text + "\r\n"
         self._emit(line.encode("utf-8"))
 
-    def _emit_updates(self, allow_expunge: bool) -> None:
+    def _emit_updates(self, allow_expunge: bool, rescan: bool = True) -> None:
+        """Untagged updates for the selected mailbox; ``rescan=False`` trusts the store's index (the
+        change came through the store) instead of looking at the Maildir again."""
         sel = self.selected
         if sel is None:
             return
         try:
-            sel.mailbox.sync()  # outside Maildir changes (two stats when nothing changed); notifies -> dirty
+            if rescan:
+                sel.mailbox.sync()  # outside Maildir changes (two stats when nothing changed); notifies -> dirty
+            elif _mailbox_gone(sel.mailbox):
+                raise MailboxNotFound(sel.name)
         except MailboxNotFound:
             self._emit(b"* BYE Selected mailbox was deleted\r\n")  # RFC 3501 §7.1.5
             self._logout()
