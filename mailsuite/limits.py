@@ -1,8 +1,21 @@
-"""Per-client-address connection counting, shared by the protocol factories (DESIGN §4: connection floods)."""
+"""Client-address rules shared by every protocol: per-IP connection counting (DESIGN §4: connection floods)
+and the loopback test behind ``[auth] allow_plaintext_loopback``."""
 
 from __future__ import annotations
 
-__all__ = ["PerIPCounter"]
+import ipaddress
+
+__all__ = ["PerIPCounter", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ::ffff:127.x.y.z (an IPv4 client on a dual-stack listener), DESIGN §4."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 class PerIPCounter:
@@ -29,3 +42,7 @@ class PerIPCounter:
 
     def count(self, ip: str) -> int:
         return self._open.get(ip, 0)
+
+    def total(self) -> int:
+        """Connections counted from every address."""
+        return sum(self._open.values())

@@ -11,7 +11,6 @@ Protocol decisions stay in the engine.
 
 from __future__ import annotations
 
-import ipaddress
 import zlib
 from collections import deque
 from typing import Any, Iterator
@@ -23,6 +22,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from ..accounts import AUTH_FAILURE_FORMAT
+from ..limits import PerIPCounter, is_loopback
 from ..store.errors import MailboxNotFound
 from .backend import Mailbox, UserMail
 from .engine import (Authenticate, AuthFailed, Await, Close, EngineConfig, ImapEngine, Output, StartCompression,
@@ -42,13 +42,6 @@ AUTH_SERVICE = "imap"
 def _shown_user(user: str) -> str:
     """The user name as the fail2ban line shows it: printable, no spaces, bounded ("-" when empty)."""
     return "".join(ch if ch.isprintable() and not ch.isspace() else "?" for ch in user)[:100] or "-"
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
 
 
 class OutsideWatch:
@@ -185,7 +178,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
             hostname=settings.hostname,
             tls_available=self.ctx.tls is not None and not implicit,
             tls_active=implicit,
-            plaintext_auth_ok=bool(settings.auth.allow_plaintext_loopback) and _is_loopback(self.peer),
+            plaintext_auth_ok=bool(settings.auth.allow_plaintext_loopback) and is_loopback(self.peer),
             max_literal=int(getattr(imap, "max_literal_size", 50 * 1024 * 1024)),
             max_auth_failures=int(settings.auth.max_failures),
             quota_bytes=int(getattr(imap, "quota_bytes", 0)),
@@ -378,7 +371,7 @@ class ImapFactory(ServerFactory):
 
     def __init__(self, ctx: Any, service: str) -> None:
         self.ctx, self.service = ctx, service
-        self.per_ip: dict[str, int] = {}
+        self.per_ip = PerIPCounter(int(getattr(ctx.settings.imap, "max_connections_per_ip", 20)))
         #: shared outside-change timers, by identity of the store's Mailbox (one per user and folder)
         self.watches: dict[int, OutsideWatch] = {}
 
@@ -397,18 +390,10 @@ class ImapFactory(ServerFactory):
         return ImapProtocol(self)
 
     def connection_opened(self, ip: str) -> bool:
-        limit = int(getattr(self.ctx.settings.imap, "max_connections_per_ip", 20))
-        if self.per_ip.get(ip, 0) >= limit:
-            return False
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-        return True
+        return self.per_ip.open(ip)
 
     def connection_closed(self, ip: str) -> None:
-        n = self.per_ip.get(ip, 0) - 1
-        if n > 0:
-            self.per_ip[ip] = n
-        else:
-            self.per_ip.pop(ip, None)
+        self.per_ip.close(ip)
 
 
 def build_factory(ctx: Any, service: str) -> ImapFactory:

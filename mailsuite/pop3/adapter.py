@@ -8,7 +8,6 @@ messages marked with DELE at QUIT.  Protocol decisions stay in the engine.
 
 from __future__ import annotations
 
-import ipaddress
 import weakref
 from collections import deque
 from typing import Any, BinaryIO, Callable
@@ -19,7 +18,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from ..limits import PerIPCounter
+from ..limits import PerIPCounter, is_loopback
 from .dotstuff import DotStuffer
 from .engine import (Authenticate, Close, CommitDeletions, EngineConfig, Event, OpenMaildrop, Pop3Engine, Reply,
                      SendMessage, StartTLS)
@@ -41,16 +40,6 @@ _LOCKS: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()
 def _locks(store: Any) -> set[str]:
     """The users whose maildrop a POP3 session holds, for this store."""
     return _LOCKS.setdefault(store, set())
-
-
-def _is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and ::ffff:127.x.y.z (the loopback exemption of DESIGN §4)."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 @implementer(interfaces.IPullProducer)
@@ -156,7 +145,7 @@ class Pop3Protocol(Protocol, TimeoutMixin):
             return
         self._counted = True
         implicit = self.factory.service == "pop3s"
-        plain_ok = bool(settings.auth.allow_plaintext_loopback) and _is_loopback(self.peer)
+        plain_ok = bool(settings.auth.allow_plaintext_loopback) and is_loopback(self.peer)
         self.engine = Pop3Engine(EngineConfig(
             tls_active=implicit,
             tls_available=self.ctx.tls is not None,

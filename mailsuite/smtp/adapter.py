@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
+from mailsuite.limits import PerIPCounter
 from mailsuite.tls import tls_info
 
 from .delivery import Delivery
@@ -46,7 +47,7 @@ class SMTPServerProtocol(Protocol):
         peer = self.transport.getPeer()
         self.peer_ip = getattr(peer, "host", "") or ""
         self._nodelay()
-        if factory.connections.get(self.peer_ip, 0) >= factory.max_per_ip:
+        if not factory.per_ip.open(self.peer_ip):
             # RFC 5321 §3.8 / §4.3.2: 421 at greeting time and close
             log.info("smtp: too many connections from ip={ip}", ip=self.peer_ip)
             self.transport.write(Reply(421, "4.7.0", f"{factory.ctx.settings.hostname} Too many connections "
@@ -54,7 +55,6 @@ class SMTPServerProtocol(Protocol):
             self.transport.loseConnection()
             self._gone = True
             return
-        factory.connections[self.peer_ip] = factory.connections.get(self.peer_ip, 0) + 1
         self._counted = True
         self.engine = SMTPServerEngine(factory.config, factory.mode, self.peer_ip,
                                        tls_active=factory.mode == "submissions")
@@ -76,11 +76,7 @@ class SMTPServerProtocol(Protocol):
         self._disarm()
         if self._counted:
             self._counted = False
-            left = self.factory.connections.get(self.peer_ip, 1) - 1
-            if left > 0:
-                self.factory.connections[self.peer_ip] = left
-            else:
-                self.factory.connections.pop(self.peer_ip, None)
+            self.factory.per_ip.close(self.peer_ip)
 
     def dataReceived(self, data: bytes) -> None:
         if self.engine is None or self._gone:
@@ -214,8 +210,7 @@ class SMTPFactory(ServerFactory):
         self.service = service
         self.mode = MODE_OF_SERVICE[service]
         self.config = EngineConfig.from_settings(ctx.settings, tls_available=ctx.tls is not None)
-        self.max_per_ip = ctx.settings.smtp.max_connections_per_ip
-        self.connections: dict[str, int] = {}
+        self.per_ip = PerIPCounter(ctx.settings.smtp.max_connections_per_ip)
         self.delivery = Delivery(ctx)
 
     def buildProtocol(self, addr: Any) -> SMTPServerProtocol:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..limits import is_loopback
 from .address import AddressError, Mailbox, is_xtext, parse_params, parse_path
 from .body import MessageBody
 from .events import (Action, Authenticate, CheckRecipient, CheckSender, Close, Deliver, Envelope, Event,
@@ -94,16 +94,6 @@ class _Transaction:
     bdat_used: bool = False
 
 
-def _is_loopback(ip: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
-
-
 class SMTPServerEngine:
     """One SMTP server session (RFC 5321) with the ESMTP extensions listed in the module docstring."""
 
@@ -152,7 +142,7 @@ class SMTPServerEngine:
         """AUTH only over TLS, or on loopback when configured (RFC 4954 §4, DESIGN.md §4)."""
         if self.mode == "mx":
             return False
-        return self.tls_active or (self.config.allow_plaintext_loopback and _is_loopback(self.peer_ip))
+        return self.tls_active or (self.config.allow_plaintext_loopback and is_loopback(self.peer_ip))
 
     def connection_made(self) -> list[Event]:
         """The greeting (RFC 5321 §4.2: 220, no enhanced code per RFC 2034 §3)."""

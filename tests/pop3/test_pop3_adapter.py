@@ -274,10 +274,10 @@ def test_connection_lost_while_streaming() -> None:
 
 
 def test_loopback_detection() -> None:
-    from mailsuite.pop3.adapter import _is_loopback
-    assert _is_loopback("127.0.0.1") and _is_loopback("127.8.9.10") and _is_loopback("::1")
-    assert _is_loopback("::ffff:127.0.0.1")
-    assert not _is_loopback("10.0.0.1") and not _is_loopback("::ffff:10.0.0.1") and not _is_loopback("?")
+    from mailsuite.limits import is_loopback
+    assert is_loopback("127.0.0.1") and is_loopback("127.8.9.10") and is_loopback("::1")
+    assert is_loopback("::ffff:127.0.0.1")
+    assert not is_loopback("10.0.0.1") and not is_loopback("::ffff:10.0.0.1") and not is_loopback("?")
 
 
 def test_client_that_does_not_read_replies_is_not_read_either() -> None:
