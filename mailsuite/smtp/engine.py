@@ -317,18 +317,11 @@ class SMTPServerEngine:
         except AddressError:
             self._send(Reply(501, "5.1.7", "Bad sender address syntax"))
             return
-        try:
-            params = parse_params(rest)
-        except AddressError:
-            self._send(Reply(501, "5.5.4", "Bad parameter syntax"))
+        params = self._parameters(rest)
+        if params is None:
             return
         tx = _Transaction(mail_from=sender.address if sender else "")
-        seen: set[str] = set()
         for key, value in params:
-            if key in seen:
-                self._send(Reply(501, "5.5.4", f"Duplicate {key} parameter"))
-                return
-            seen.add(key)
             problem = self._mail_param(tx, key, value)
             if problem is not None:
                 self._send(problem)
@@ -347,6 +340,21 @@ class SMTPServerEngine:
             return
         self._tx = tx
         self._send(Reply(250, "2.1.0", "Ok"))
+
+    def _parameters(self, rest: str) -> list[tuple[str, str | None]] | None:
+        """MAIL/RCPT ESMTP parameters (RFC 5321 §4.1.2), each keyword once; None after a 501 was sent."""
+        try:
+            params = parse_params(rest)
+        except AddressError:
+            self._send(Reply(501, "5.5.4", "Bad parameter syntax"))
+            return None
+        seen: set[str] = set()
+        for key, _value in params:
+            if key in seen:
+                self._send(Reply(501, "5.5.4", f"Duplicate {key} parameter"))
+                return None
+            seen.add(key)
+        return params
 
     def _mail_param(self, tx: _Transaction, key: str, value: str | None) -> Reply | None:
         """Apply one MAIL parameter; return an error reply or None."""
@@ -397,20 +405,13 @@ class SMTPServerEngine:
         except AddressError:
             self._send(Reply(501, "5.1.3", "Bad recipient address syntax"))
             return
-        try:
-            params = parse_params(rest)
-        except AddressError:
-            self._send(Reply(501, "5.5.4", "Bad parameter syntax"))
+        params = self._parameters(rest)
+        if params is None:
             return
         assert rcpt is not None
         notify: tuple[str, ...] = ()
         orcpt: str | None = None
-        seen: set[str] = set()
         for key, value in params:
-            if key in seen:
-                self._send(Reply(501, "5.5.4", f"Duplicate {key} parameter"))
-                return
-            seen.add(key)
             if key == "NOTIFY":                                       # RFC 3461 §4.1
                 items = tuple((value or "").upper().split(","))
                 if not value or not set(items) <= _NOTIFY or ("NEVER" in items and len(items) > 1):
