@@ -237,6 +237,7 @@ class MailService(service.MultiService):
     def startService(self) -> None:
         super().startService()
         assert self.ctx is not None
+        self.ctx.store.start_run()         # crash epoch: see Store.start_run and docs/architecture.md
         self.ctx.store.clean_stale_tmp()   # DESIGN §3: stale tmp/ files (a crash mid-delivery) go at start
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.ctx.tls.reload))

@@ -35,6 +35,10 @@ log = Logger()
 INDEX_FILE = "mailsuite-index.sqlite"
 UIDVALIDITY_FILE = "mailsuite-uidvalidity"
 SCHEMA_VERSION = 1
+#: How far UIDNEXT and HIGHESTMODSEQ move after an unclean stop: more than the UIDs that commits lost to a
+#: power cut can have handed out (synchronous=NORMAL loses at most what the kernel had not written back,
+#: ~30 s of commits), and small against the 2**32 UID space.
+CRASH_UID_GAP = 100_000
 #: SQLite page cache per connection, in KiB (negative PRAGMA cache_size): one connection per user,
 #: so the default 2 MiB each would dominate the memory of a server with many idle sessions.
 CACHE_KIB = 256
@@ -94,7 +98,9 @@ class FolderRow:
 class UserIndex:
     """The SQLite index of one user.  Opening never fails on a bad database: it is rebuilt."""
 
-    def __init__(self, user_dir: Path, on_open: Callable[[UserIndex], object] | None = None) -> None:
+    def __init__(
+        self, user_dir: Path, on_open: Callable[[UserIndex], object] | None = None, epoch: int = 0
+    ) -> None:
         self.user_dir = user_dir
         self.path = user_dir / INDEX_FILE
         self._uidvalidity_path = user_dir / UIDVALIDITY_FILE
@@ -105,6 +111,7 @@ class UserIndex:
         #: Logical time of the last use of the connection (for least-recently-used eviction).
         self.last_used = next(_use_clock)
         self._db: sqlite3.Connection | None = self._open()
+        self._sync_epoch(epoch)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -154,8 +161,12 @@ class UserIndex:
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a UID handed to a client must survive a power cut together with its file.
-        db.execute("PRAGMA synchronous=FULL")
+        # NORMAL in WAL mode: a COMMIT is not an fsync, yet it survives a crash of the process; only a
+        # power cut / kernel crash can lose the last commits.  The Maildir (fsynced) stays the truth, and
+        # a start after an unclean stop moves every UIDNEXT and HIGHESTMODSEQ past anything that may
+        # have been handed out and lost (:meth:`bump_after_crash`), so no UID is ever reused
+        # (RFC 3501 §2.3.1.1).  docs/architecture.md "Index durability" has the measurements.
+        db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         return db
@@ -195,6 +206,36 @@ class UserIndex:
                 os.unlink(str(self.path) + ext)
             except FileNotFoundError:
                 pass
+
+    def _sync_epoch(self, epoch: int) -> None:
+        """Catch up with the store's crash epoch (:meth:`Store.start_run`): if the server stopped
+        uncleanly since this index was last used, move every folder's UIDNEXT and HIGHESTMODSEQ on by
+        :data:`CRASH_UID_GAP`, durably (synchronous=FULL for this one commit), before any UID is handed
+        out.  Messages whose rows were lost are found again by the next rescan and get new UIDs above
+        the gap; clients see the old UIDs expunged (RFC 3501 §2.3.1.1: a UID is never reused)."""
+        if epoch <= 0:
+            return
+        db = self.db
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row is not None and row[0] >= epoch:
+            return
+        bump = 0 if self.fresh else CRASH_UID_GAP
+        db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self.transaction():
+                if bump:
+                    db.execute(
+                        "UPDATE folders SET uidnext = min(uidnext + ?, 4294967295),"
+                        " highestmodseq = highestmodseq + ?",
+                        (bump, bump),
+                    )
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+        finally:
+            db.execute("PRAGMA synchronous=NORMAL")
+        if bump:
+            log.info("mailsuite store: {path}: unclean stop before; UIDNEXT moved on by {gap}",
+                     path=str(self.path), gap=bump)
 
     def close(self) -> None:
         if self._db is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from twisted.logger import Logger
 
 from . import dovecot
 from .errors import InvalidMailboxName, InvalidUser, MailboxExists, MailboxNotFound, StoreError
+from .dovecot import write_file_atomic
 from .index import UserIndex
 from .mailbox import Mailbox, normalize_flags, validate_keywords
 from .maildir import (
@@ -52,6 +55,8 @@ SPECIAL_USE: dict[str, str] = {
     "Archive": "\\Archive",
 }
 SUBSCRIPTIONS_FILE = "subscriptions"
+#: In the store root: the crash epoch and whether a server is running (a leading "." is never a domain).
+RUN_FILE = ".mailsuite-run"
 _WILDCARDS = "*%"
 
 
@@ -106,7 +111,7 @@ class _UserState:
     def index(self) -> UserIndex:
         if self._index is None:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._index = UserIndex(self.dir, on_open=self._index_opened)
+            self._index = UserIndex(self.dir, on_open=self._index_opened, epoch=self.store.epoch)
             self.store._index_opened(self)
         return self._index
 
@@ -149,6 +154,41 @@ class Store:
         #: Users whose index connection is open; at most ``max_open_indexes`` stay so.
         self._max_open = max(1, max_open_indexes)
         self._open_indexes: set[_UserState] = set()
+        #: Crash epoch (:meth:`start_run`); 0 = not tracked (tools and tests that open the store briefly).
+        self.epoch = 0
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    @property
+    def _run_file(self) -> Path:
+        return self.root / RUN_FILE
+
+    def start_run(self) -> int:
+        """Mark the store in use by a server process; return the crash epoch.
+
+        The epoch goes up by one when the previous run did not reach :meth:`close` (SIGKILL, power
+        cut): each user's index then moves its UIDNEXT/HIGHESTMODSEQ past what lost commits may have
+        handed out (``UserIndex._sync_epoch``), because index commits do not fsync (synchronous=NORMAL).
+        """
+        previous = {"epoch": 0, "running": False}
+        try:
+            previous.update(json.loads(self._run_file.read_text()))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            log.warn("mailsuite store: {path} unreadable ({err}); treating the last stop as unclean",
+                     path=str(self._run_file), err=str(e))
+            previous["running"] = True
+        epoch = int(previous.get("epoch") or 0)
+        if previous.get("running") or epoch == 0:
+            # time based and increasing: greater than any epoch an index may hold, even when the run
+            # file was lost or unreadable
+            epoch = max(epoch + 1, time.time_ns() // 1000)
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(self._run_file, json.dumps({"epoch": epoch, "running": True}) + "\n")
+        fsync_dir(self.root)
+        self.epoch = epoch
+        return epoch
 
     # -- index connections ----------------------------------------------------------------------
 
@@ -688,9 +728,22 @@ class Store:
         return done
 
     def close(self) -> None:
-        """Flush caches and close every index (the Store can be reopened with a new instance)."""
+        """Flush caches and close every index (the Store can be reopened with a new instance).  After a
+        :meth:`start_run`, a close that closed every index (each checkpointed and fsynced by SQLite)
+        records the clean stop."""
         with self._lock:
             states = list(self._users.values())
             self._users.clear()
+        clean = True
         for st in states:
-            st.close()
+            try:
+                st.close()
+            except Exception:  # noqa: BLE001 - close the others; the next start counts this as a crash
+                clean = False
+                log.failure("mailsuite store: closing the index of {user}", user=st.user)
+        if self.epoch and clean:
+            try:
+                write_file_atomic(self._run_file, json.dumps({"epoch": self.epoch, "running": False}) + "\n")
+            except OSError as e:
+                log.warn("mailsuite store: cannot record the clean stop in {path}: {err}",
+                         path=str(self._run_file), err=str(e))
