@@ -4,7 +4,10 @@
 service.py wraps that factory in TLS).  Per connection: TCP_NODELAY, an idle timer (RFC 5321 §4.5.3.2: the
 command timeout between commands, the data timeout while message content is arriving, no timer while an
 action such as a delivery is running), and a per-IP connection limit answered with 421 (RFC 5321 §3.8).
-While an action runs the transport is paused, so a client cannot make the engine buffer without bound.
+While an action runs, input is left in the engine's buffer; only beyond ``MAX_HELD`` bytes is the transport
+paused, so a client cannot make the engine buffer without bound (pausing every time cost two ``epoll_ctl``
+per message).  Replies produced together are written together, sent at once when the socket is idle
+(:func:`mailsuite.fastwrite.write_now`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
+from mailsuite.fastwrite import write_now
 from mailsuite.limits import PerIPCounter
 from mailsuite.tls import tls_info
 
@@ -27,6 +31,8 @@ __all__ = ["build_factory", "SMTPFactory", "SMTPServerProtocol", "MODE_OF_SERVIC
 
 log = Logger()
 MODE_OF_SERVICE = {"smtp": "mx", "submission": "submission", "submissions": "submissions"}
+#: Input held in the engine while an action runs before the transport is paused.
+MAX_HELD = 256 * 1024
 
 
 class SMTPServerProtocol(Protocol):
@@ -38,6 +44,7 @@ class SMTPServerProtocol(Protocol):
         self.peer_ip = ""
         self._timer: Any = None
         self._waiting = False
+        self._paused = False
         self._gone = False
         self._counted = False
 
@@ -84,6 +91,8 @@ class SMTPServerProtocol(Protocol):
         self._handle(self.engine.receive_data(data))
         if not self._waiting:
             self._arm()
+        elif not self._paused and self.engine.buffered > MAX_HELD:
+            self._pause_transport()
 
     # -- timers (RFC 5321 §4.5.3.2) ----------------------------------------------------------------
     def _arm(self) -> None:
@@ -108,11 +117,15 @@ class SMTPServerProtocol(Protocol):
     # -- events ------------------------------------------------------------------------------------
     def _handle(self, events: list[Event]) -> None:
         queue = list(events)
+        out: list[bytes] = []
         while queue and not self._gone:
             event = queue.pop(0)
             if isinstance(event, SendReply):
-                self.transport.write(event.data)
-            elif isinstance(event, StartTLS):
+                out.append(event.data)
+                continue
+            if out:
+                self._write(out)
+            if isinstance(event, StartTLS):
                 # RFC 3207 §4.2: the engine already dropped any plaintext pipelined after STARTTLS
                 self.transport.startTLS(self.factory.ctx.tls.server_options())
             elif isinstance(event, Close):
@@ -134,24 +147,33 @@ class SMTPServerProtocol(Protocol):
                     assert self.engine is not None
                     queue.extend(self.engine.action_result(fired[0]))
                 else:
-                    self._pause()
+                    self._waiting = True
+                    self._disarm()
+        if out and not self._gone:
+            self._write(out)
 
-    def _pause(self) -> None:
-        self._waiting = True
-        self._disarm()
+    def _write(self, out: list[bytes]) -> None:
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        write_now(self.transport, data)
+
+    def _pause_transport(self) -> None:
         for transport in (self.transport, getattr(self.transport, "transport", None)):
             if hasattr(transport, "pauseProducing"):
                 transport.pauseProducing()
+                self._paused = True
                 return
 
     def _resume(self, result: Any) -> None:
         self._waiting = False
         if self._gone or self.engine is None:
             return
-        for transport in (self.transport, getattr(self.transport, "transport", None)):
-            if hasattr(transport, "resumeProducing"):
-                transport.resumeProducing()
-                break
+        if self._paused:
+            self._paused = False
+            for transport in (self.transport, getattr(self.transport, "transport", None)):
+                if hasattr(transport, "resumeProducing"):
+                    transport.resumeProducing()
+                    break
         self._handle(self.engine.action_result(result))
         if not self._waiting:
             self._arm()

@@ -61,12 +61,21 @@ class MessageBody:
         self.size += len(data)
         if self.max_size and self.size > self.max_size:
             self.too_big = True
+        if self._line_len + len(data) <= self.max_line:
+            # no line in this chunk can be too long: skip the split (most chunks of most messages)
+            last = data.rfind(b"\r\n")
+            self._line_len = self._line_len + len(data) if last < 0 else len(data) - last - 2
+            if self.failed:
+                self._parts.clear()
+            else:
+                self._parts.append(data)
+            return
         lines = data.split(b"\r\n")
         if len(lines) == 1:
             self._line_len += len(data)
             longest = self._line_len
         else:
-            longest = max(self._line_len + len(lines[0]), max(len(x) for x in lines[1:]))
+            longest = max(self._line_len + len(lines[0]), max(map(len, lines)))
             self._line_len = len(lines[-1])
         if longest > self.max_line:
             self.line_too_long = True

@@ -138,6 +138,11 @@ class SMTPServerEngine:
         return self._pending
 
     @property
+    def buffered(self) -> int:
+        """Bytes received but not processed yet (input that arrived while an action ran)."""
+        return len(self._buf)
+
+    @property
     def auth_allowed(self) -> bool:
         """AUTH only over TLS, or on loopback when configured (RFC 4954 §4, DESIGN.md §4)."""
         if self.mode == "mx":

@@ -28,7 +28,8 @@ class Reply:
         out = []
         for index, line in enumerate(lines):
             # never let reply text carry a line break or non-ASCII byte (RFC 5321 §4.2)
-            line = "".join(c if 32 <= ord(c) < 127 else "?" for c in line)
+            if not (line.isascii() and line.isprintable()):
+                line = "".join(c if 32 <= ord(c) < 127 else "?" for c in line)
             sep = " " if index == len(lines) - 1 else "-"
             prefix = f"{self.enhanced} " if self.enhanced else ""
             out.append(f"{self.code}{sep}{prefix}{line}\r\n")

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from . import dovecot
 from .errors import InvalidMailboxName, InvalidUser, MailboxExists, MailboxNotFound, StoreError
 from .dovecot import write_file_atomic
+from .groupcommit import GroupCommit
 from .index import UserIndex
 from .mailbox import Mailbox, normalize_flags, validate_keywords
 from .maildir import (
@@ -35,6 +36,7 @@ from .maildir import (
     normalize_line_ends,
     read_header_block,
     write_message,
+    write_messages,
 )
 from .names import DELIMITER, INBOX, folder_dirname, name_from_dirname, validate_name
 
@@ -154,6 +156,8 @@ class Store:
         #: Users whose index connection is open; at most ``max_open_indexes`` stay so.
         self._max_open = max(1, max_open_indexes)
         self._open_indexes: set[_UserState] = set()
+        #: Deliveries arriving together share their disk flushes (group commit).
+        self._deliveries: GroupCommit[tuple[str, bytes, str, str]] = GroupCommit(self._runner, self._write_deliveries)
         #: Crash epoch (:meth:`start_run`); 0 = not tracked (tools and tests that open the store briefly).
         self.epoch = 0
 
@@ -292,8 +296,8 @@ class Store:
 
     # -- delivery -----------------------------------------------------------------------------
 
-    def _write_delivery(self, user: str, data: bytes, folder: str, flags: str) -> tuple[str, WrittenMessage]:
-        """File work of a delivery (any thread): returns the folder used and the written file."""
+    def _prepare_delivery(self, user: str, data: bytes, folder: str, flags: str) -> tuple[str, Path, bytes, str | None]:
+        """Checks and folder creation of a delivery (any thread): (folder used, its directory, CRLF data, letters)."""
         st = self._state(user)
         name = validate_name(folder)
         if any(c not in LETTER_FLAGS for c in flags):
@@ -305,8 +309,28 @@ class Store:
             name, fdir = INBOX, st.dir
         if not is_maildir(st.dir, top_may_link=True):
             raise OSError(errno.ELOOP, "INBOX is not a plain Maildir (symlinked cur/new/tmp?)", str(st.dir))
-        written = write_message(fdir, normalize_line_ends(data), flags or None)
-        return name, written
+        return name, fdir, normalize_line_ends(data), flags or None
+
+    def _write_delivery(self, user: str, data: bytes, folder: str, flags: str) -> tuple[str, WrittenMessage]:
+        """File work of a delivery (any thread): returns the folder used and the written file."""
+        name, fdir, data, letters = self._prepare_delivery(user, data, folder, flags)
+        return name, write_message(fdir, data, letters)
+
+    def _write_deliveries(self, jobs: list[tuple[str, bytes, str, str]]) -> list[Any]:
+        """File work of a group of deliveries (one thread task; see :mod:`.groupcommit`)."""
+        results: list[Any] = [None] * len(jobs)
+        prepared: list[tuple[int, str, tuple[Path, bytes, str | None]]] = []
+        for i, (user, data, folder, flags) in enumerate(jobs):
+            try:
+                name, fdir, data, letters = self._prepare_delivery(user, data, folder, flags)
+            except BaseException as e:  # noqa: BLE001 - this delivery fails, the others go on
+                results[i] = e
+                continue
+            prepared.append((i, name, (fdir, data, letters)))
+        written = write_messages([job for _i, _n, job in prepared])
+        for (i, name, _job), result in zip(prepared, written, strict=True):
+            results[i] = result if isinstance(result, BaseException) else (name, result)
+        return results
 
     def deliver_sync(self, user: str, data: bytes, folder: str = INBOX, flags: str = "") -> str:
         """Blocking, thread-safe delivery; returns the file name.  Does not touch the index (the
@@ -323,7 +347,7 @@ class Store:
             validate_name(folder)
         except (InvalidUser, InvalidMailboxName):
             return defer.fail()
-        d = self._runner(lambda: self._write_delivery(user, data, folder, flags))
+        d = self._deliveries.submit((user, data, folder, flags))
         d.addCallback(lambda res: self._register_delivery(user, res[0], res[1], data))
         return d
 

@@ -136,18 +136,35 @@ def test_command_and_data_timeouts(tmp_path: Path) -> None:
     assert clock.getDelayedCalls() == []
 
 
-def test_pending_auth_pauses_transport_and_keeps_order(tmp_path: Path) -> None:
+def test_pending_auth_holds_input_and_keeps_order(tmp_path: Path) -> None:
     ctx, factory, clock = make(tmp_path, "submissions")
     proto, t = connect(factory)
     token = base64.b64encode(b"\0alice@example.org\0pw").decode()
     proto.dataReceived(f"EHLO c\r\nAUTH PLAIN {token}\r\nNOOP\r\n".encode())
-    assert t.producerState == "paused"
+    assert t.producerState == "producing"         # a little input is held in the engine, no pause
     assert clock.getDelayedCalls() == []          # no idle timer while the check runs
     assert not t.value().endswith(b"250 2.0.0 Ok\r\n")
     proto.dataReceived(b"NOOP\r\n")
     ctx.accounts.pending.pop().callback("alice@example.org")
     assert t.producerState == "producing"
     assert t.value().endswith(b"235 2.7.0 Authentication successful\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n")
+
+
+def test_flood_while_action_runs_pauses_transport(tmp_path: Path) -> None:
+    """Input beyond MAX_HELD while an action runs pauses reading; the result resumes it, nothing is lost."""
+    from mailsuite.smtp.adapter import MAX_HELD
+
+    ctx, factory, clock = make(tmp_path, "submissions")
+    proto, t = connect(factory)
+    token = base64.b64encode(b"\0alice@example.org\0pw").decode()
+    proto.dataReceived(f"EHLO c\r\nAUTH PLAIN {token}\r\n".encode())
+    assert t.producerState == "producing"
+    flood = b"NOOP\r\n" * (MAX_HELD // 6 + 10)
+    proto.dataReceived(flood)
+    assert t.producerState == "paused"
+    ctx.accounts.pending.pop().callback("alice@example.org")
+    assert t.producerState == "producing"
+    assert t.value().count(b"250 2.0.0 Ok\r\n") == MAX_HELD // 6 + 10 and not proto.engine.closed
     assert len(clock.getDelayedCalls()) == 1
 
 
