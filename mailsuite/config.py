@@ -117,6 +117,9 @@ class RelaySettings:
     delay_warning: float = 4 * 3600.0
     max_concurrency: int = 10
     connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    data_timeout: float = 120.0
+    data_end_timeout: float = 600.0
     smarthost_verify: bool = True
     smarthost_ca_file: str = ""
     max_per_destination: int = 2
@@ -263,7 +266,9 @@ _POSITIVE = {("auth", "max_failures"), ("smtp", "max_message_size"), ("smtp", "m
              ("smtp", "data_timeout"), ("pop3", "timeout"), ("imap", "timeout"), ("imap", "max_literal_size"),
              ("imap", "max_connections_per_ip"), ("pop3", "max_connections_per_ip"), ("relay", "max_concurrency"),
              ("relay", "max_per_destination"), ("relay", "max_messages_per_connection"),
-             ("relay", "max_recipients_per_transaction"), ("relay", "scan_interval")}
+             ("relay", "max_recipients_per_transaction"), ("relay", "scan_interval"),
+             ("relay", "connect_timeout"), ("relay", "command_timeout"), ("relay", "data_timeout"),
+             ("relay", "data_end_timeout")}
 
 
 def _build_section(loc: _Located, name: str, cls: type, raw: Any) -> Any:

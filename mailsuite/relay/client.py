@@ -213,6 +213,7 @@ class ClientEngine:
         self._transactions = 0
         self._auth_mech: str | None = None
         self._failed = False
+        self.replies = 0        # complete replies received so far (the adapter's per-command timer uses it)
 
     # ------------------------------------------------------------------------------------ properties
 
@@ -272,6 +273,13 @@ class ClientEngine:
         return self._send_ehlo()
 
     def connection_lost(self, why: str = "connection lost") -> list[Event]:
+        """The connection closed, was reset, or the adapter gave up waiting (timeout, shutdown).
+
+        RFC 5321 §3.8: a client that sees a close, reset or other communication failure treats the mail
+        transaction as if a 451 reply had been received, so the message in flight gets a transient 421 and
+        is retried; this holds after the final "." too (RFC 1047: the remote may have kept a copy, a
+        possible duplicate we accept rather than risk losing the message).
+        """
         if self.phase == "closed":
             return []
         if self.phase == "quit":
@@ -399,6 +407,7 @@ class ClientEngine:
         return events
 
     def _on_reply(self, reply: Reply) -> list[Event]:
+        self.replies += 1
         if self.phase == "greeting":
             if reply.code != 220:
                 # RFC 5321 §3.1: a 554 (or any non-220) greeting: QUIT and give up on this server.

@@ -1,11 +1,17 @@
 """The delivery loop: Twisted connections around the client engine, per-destination reuse and limits.
 
 `SMTPClientProtocol` is the thin adapter (bytes to the engine, events to the transport, STARTTLS, the
-RFC 5321 §4.5.3.2 timeouts).  `Deliverer` takes due jobs from the `Queue`, groups them per destination
+RFC 5321 §4.5.3.2 per-command timeouts from `[relay] command_timeout`, `data_timeout`, `data_end_timeout`).
+`Deliverer` takes due jobs from the `Queue`, groups them per destination
 (the recipient domain, or the smarthost), resolves MX targets (`MXResolver`), opens at most
 `max_per_destination` connections per destination and `max_concurrency` in all, sends several messages per
 connection, and records every outcome in the queue.  Recipients in local domains (bounces to our own users)
 go to the store through `deliver_local`.
+
+Stopping (SIGTERM): no new transaction starts; a session waiting for the reply to its final "." gets up to
+`STOP_GRACE` seconds to receive it (RFC 5321 §4.5.3.2.6: giving up there is what duplicates mail), idle
+sessions QUIT, every other session is aborted (the remote discards the unfinished transaction), and what
+was not answered stays queued with a transient error.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ __all__ = ["Deliverer", "SMTPClientProtocol", "SessionError", "relay_option", "L
 
 log = Logger()
 
+#: seconds a stopping relay waits for end-of-data replies (bounded by data_end_timeout; RelayService
+#: gives the whole stop 10 s)
+STOP_GRACE = 5.0
+
 LOCAL = "\x00local"          # destination key for recipients in our own domains
 SMARTHOST = "\x00smarthost"
 
@@ -43,6 +53,18 @@ _CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECD
 def relay_option(settings: Any, key: str, default: Any) -> Any:
     """`settings.relay.<key>`, or `default` while config.py does not have the key."""
     return getattr(getattr(settings, "relay", None), key, default)
+
+
+def phase_timeouts(command: float = 300.0, data: float = 120.0, data_end: float = 600.0) -> dict[str, float]:
+    """How long to wait for the reply in each engine phase (RFC 5321 §4.5.3.2; "SHOULD be easily
+    reconfigurable"): `command` for the greeting (§4.5.3.2.1), EHLO, STARTTLS, AUTH, MAIL (§4.5.3.2.2),
+    RCPT (§4.5.3.2.3) and RSET; `data` for the 354 (§4.5.3.2.4); `data_end` for the reply to the final "."
+    (§4.5.3.2.6), which also covers handing the body to the network (§4.5.3.2.5: the body is written in
+    one go, so there is no separate per-block wait)."""
+    table = {phase: command for phase in ("greeting", "ehlo", "helo", "starttls", "tls-handshake", "auth",
+                                          "ready", "mail", "rcpt", "rset")}
+    table.update({"data": data, "data-block": data_end, "data-end": data_end, "quit": min(command, 60.0)})
+    return table
 
 
 class SessionError(Exception):
@@ -94,7 +116,11 @@ class SMTPClientProtocol(protocol.Protocol):
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
-        self._handle(self.engine.receive_data(data))
+        before = self.engine.replies
+        events = self.engine.receive_data(data)
+        # the timer runs per command (RFC 5321 §4.5.3.2): only a complete reply restarts it, so a server
+        # that drips a reply byte by byte cannot hold the connection longer than the timeout
+        self._handle(events, rearm=self.engine.replies != before)
 
     def handshakeCompleted(self) -> None:
         self._handle(self.engine.tls_established())
@@ -112,7 +138,7 @@ class SMTPClientProtocol(protocol.Protocol):
             self.ready.errback(SessionError(self.failure or Reply(421, (f"4.4.2 {why}",)), self.tls_failed))
         self.closed.callback(None)
 
-    # -- timeouts (RFC 5321 §4.5.3.2): restarted whenever something is sent or received
+    # -- timeouts (RFC 5321 §4.5.3.2): one per command, from when it is sent until its whole reply is in
 
     def _arm(self) -> None:
         self._disarm()
@@ -129,13 +155,12 @@ class SMTPClientProtocol(protocol.Protocol):
     def _timed_out(self) -> None:
         self._timer = None
         phase = self.engine.phase
-        self._handle(self.engine.connection_lost(f"timeout waiting for the server ({phase})"))
-        if self.transport is not None and not self._lost:
-            self.transport.abortConnection()
+        # RFC 5321 §4.5.3.2 + §3.8: a timeout fails the session; the message in flight is retried later
+        self.abort(f"timeout waiting for the server ({phase})")
 
     # -- engine events
 
-    def _handle(self, events: list) -> None:
+    def _handle(self, events: list, rearm: bool = True) -> None:
         for ev in events:
             if isinstance(ev, Send):
                 if not self._lost:
@@ -156,7 +181,8 @@ class SMTPClientProtocol(protocol.Protocol):
             elif isinstance(ev, Close):
                 if not self._lost and self.transport is not None:
                     self.transport.loseConnection()
-        self._arm()
+        if rearm or self._timer is None:
+            self._arm()
 
     # -- used by the Deliverer
 
@@ -178,7 +204,15 @@ class SMTPClientProtocol(protocol.Protocol):
                 self.transport.loseConnection()
         return self.closed
 
-    def abort(self) -> None:
+    @property
+    def awaiting_end_of_data(self) -> bool:
+        """The whole message went out and the reply to the final "." has not come yet."""
+        return not self._lost and self.engine.phase == "data-end"
+
+    def abort(self, why: str | None = None) -> None:
+        """Drop the connection now; `why` is recorded for the message in flight (else "connection lost")."""
+        if why is not None and not self._lost:
+            self._handle(self.engine.connection_lost(why), rearm=False)
         if not self._lost and self.transport is not None:
             self.transport.abortConnection()
 
@@ -225,7 +259,10 @@ class Deliverer:
         self.max_per_destination = max(1, int(opt("max_per_destination", 2)))
         self.max_messages_per_connection = max(1, int(opt("max_messages_per_connection", 100)))
         self.connect_timeout = float(opt("connect_timeout", 30.0))
-        self.timeouts = dict(opt("timeouts", {}) or {})
+        self.data_end_timeout = float(opt("data_end_timeout", 600.0))
+        self.timeouts = phase_timeouts(float(opt("command_timeout", 300.0)), float(opt("data_timeout", 120.0)),
+                                       self.data_end_timeout)
+        self.timeouts.update(opt("timeouts", {}) or {})         # per-phase overrides (tests)
         self.chunk_size = 65536           # size of the writes carrying a message body
         self.resolver = resolver or MXResolver(
             nameservers=opt("resolvers", ()), local_names=[self.hostname, *opt("local_names", ())],
@@ -238,6 +275,7 @@ class Deliverer:
         self._running = False
         self._wakeup: Any = None
         self._idle_waiters: list[defer.Deferred] = []
+        self._grace_timer: Any = None
 
     # ---------------------------------------------------------------------------------- control
 
@@ -256,10 +294,39 @@ class Deliverer:
         for dest in self._dests.values():
             while dest.jobs:
                 self.queue.release(dest.jobs.popleft())
+        waiting = False
         for session in list(self._sessions):
-            session.abort()
+            if session.awaiting_end_of_data:
+                # RFC 5321 §4.5.3.2.6, §6.1: the remote may be taking responsibility right now; giving up
+                # here would send it again after the restart (RFC 1047), so wait a little for the reply
+                waiting = True
+            elif session.usable:
+                session.quit()
+            else:
+                session.abort("the relay is shutting down")
+        if waiting or self._sessions:
+            grace = min(STOP_GRACE, self.data_end_timeout)
+            self._grace_timer = self.clock.callLater(grace, self._abort_all)
         self.resolver.stop()
-        return self.idle()
+        d = self.idle()
+        d.addBoth(self._stopped)
+        return d
+
+    def _abort_all(self) -> None:
+        self._grace_timer = None
+        for session in list(self._sessions):
+            session.abort("the relay is shutting down (no reply in time; the remote may have a copy)"
+                          if session.awaiting_end_of_data else "the relay is shutting down")
+
+    def _stopped(self, result: Any) -> Any:
+        if self._grace_timer is not None and self._grace_timer.active():
+            self._grace_timer.cancel()
+        self._grace_timer = None
+        return result
+
+    def awaiting_end_of_data(self) -> int:
+        """Sessions whose message went out whole and whose reply to the final "." is still to come."""
+        return sum(1 for session in self._sessions if session.awaiting_end_of_data)
 
     def busy(self) -> bool:
         return any(d.workers or d.jobs for d in self._dests.values())
@@ -416,6 +483,10 @@ class Deliverer:
         except Exception as exc:
             raise SessionError(Reply(451, (f"4.4.1 cannot connect to {target.host}[{target.address}]:{port}: "
                                             f"{exc}",)))
+        if not self._running:
+            proto.ready.addErrback(lambda _: None)             # nobody waits for this session
+            proto.abort("the relay is shutting down")         # connected after stop(): start nothing
+            raise SessionError(Reply(421, ("4.4.2 the relay is shutting down",)))
         self._sessions.add(proto)
         proto.closed.addBoth(lambda _: self._sessions.discard(proto))
         yield proto.ready
@@ -479,6 +550,9 @@ class Deliverer:
                 last_host = target.host
                 index += 1
             yield session.quit()
+        if dest.jobs and not self._running:
+            while dest.jobs:                     # stopping: untried jobs go back unchanged
+                self.queue.release(dest.jobs.popleft())
         if dest.jobs:
             # every host failed: the destination is unreachable for now, the waiting jobs retry later
             yield self._fail_remaining(dest, last_error, last_host)

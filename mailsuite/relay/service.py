@@ -57,6 +57,9 @@ class RelayService(service.Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        waiting = self.deliverer.awaiting_end_of_data()
+        log.info("relay: stopping ({n} message(s) queued; waiting for {w} end-of-data repl{ies})",
+                 n=len(self.queue), w=waiting, ies="y" if waiting == 1 else "ies")
         d = self.deliverer.stop()
         d.addTimeout(10, self.ctx.reactor)
         d.addErrback(lambda f: None)
