@@ -164,7 +164,7 @@ class UserIndex:
         # NORMAL in WAL mode: a COMMIT is not an fsync, yet it survives a crash of the process; only a
         # power cut / kernel crash can lose the last commits.  The Maildir (fsynced) stays the truth, and
         # a start after an unclean stop moves every UIDNEXT and HIGHESTMODSEQ past anything that may
-        # have been handed out and lost (:meth:`bump_after_crash`), so no UID is ever reused
+        # have been handed out and lost (:meth:`_sync_epoch`), so no UID is ever reused
         # (RFC 3501 §2.3.1.1).  docs/architecture.md "Index durability" has the measurements.
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
@@ -339,6 +339,15 @@ class UserIndex:
             ((fid, *r) for r in rows),
         )
 
+    def insert_message_rows(self, rows: list[tuple]) -> None:
+        """Rows as :meth:`insert_messages` with the folder id first (no per-row Python work: the
+        first open of a big folder)."""
+        self.db.executemany(
+            "INSERT INTO messages (folder, uid, name, subdir, suffix, flags, keywords, modseq, size,"
+            " internaldate, recent, header) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
     def update_locations(self, fid: int, rows: Iterable[tuple]) -> None:
         """Rows: (subdir, suffix, flags, keywords, modseq, uid)."""
         self.db.executemany(
@@ -368,11 +377,18 @@ class UserIndex:
                 f"SELECT uid, header FROM messages WHERE folder = ? AND uid IN ({marks}) AND header IS NOT NULL",
                 (fid, *chunk),
             ):
-                out[uid] = bytes(header)
+                out[uid] = header if type(header) is bytes else bytes(header)
         return out
 
     def set_header(self, fid: int, uid: int, header: bytes) -> None:
         self.db.execute("UPDATE messages SET header = ? WHERE folder = ? AND uid = ?", (header, fid, uid))
+
+    def set_dates(self, fid: int, rows: Iterable[tuple[int, float, int]]) -> None:
+        """Rows: (uid, internaldate, size) learnt from the files (see Mailbox.internaldate)."""
+        self.db.executemany(
+            "UPDATE messages SET internaldate = ?, size = ? WHERE folder = ? AND uid = ?",
+            ((d, s, fid, u) for (u, d, s) in rows),
+        )
 
     def modseq_uids(self, fid: int, since: int) -> list[int]:
         """UIDs whose modseq is greater than ``since`` (RFC 7162 CHANGEDSINCE), via the (folder, modseq) index."""

@@ -185,7 +185,8 @@ def test_delivery_to_indexed_but_closed_folder(root: Path, reopen) -> None:
 
 
 def test_deliver_through_a_thread_runner(root: Path) -> None:
-    """deliver() with a runner that really uses another thread; indexing happens on ours."""
+    """deliver() with a runner that really uses another thread: the file work and the indexing happen
+    there (under the user's lock); listeners are told on ours, when the Deferred fires."""
     main = threading.get_ident()
     seen_threads: list[int] = []
     pending: list[tuple[defer.Deferred, object]] = []
@@ -200,16 +201,20 @@ def test_deliver_through_a_thread_runner(root: Path) -> None:
         return d
 
     store = Store(root, runner=runner)
+    told: list[int] = []
     try:
         store.create_user(USER)
         mb = store.mailbox(USER, "INBOX")
+        store.add_listener(USER, "INBOX", lambda: told.append(threading.get_ident()))
         d = store.deliver(USER, make_message(1))
-        assert len(mb) == 0 and seen_threads and seen_threads[0] != main
+        assert len(mb) == 1 and seen_threads and seen_threads[0] != main
+        assert told == []
         # "Back on the reactor thread": fire the Deferred here.
         for dd, value in pending:
             dd.callback(value)
         name = result_of(d)
         assert mb.messages()[0].filename == name
+        assert told == [main]
     finally:
         store.close()
 
