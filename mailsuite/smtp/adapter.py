@@ -96,12 +96,16 @@ class SMTPServerProtocol(Protocol):
 
     # -- timers (RFC 5321 §4.5.3.2) ----------------------------------------------------------------
     def _arm(self) -> None:
-        self._disarm()
         if self._gone or self.engine is None or self.engine.closed:
+            self._disarm()
             return
         smtp = self.factory.ctx.settings.smtp
         delay = smtp.data_timeout if self.engine.in_data else smtp.command_timeout
-        self._timer = self.factory.ctx.reactor.callLater(delay, self._timed_out)
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(delay)      # cheaper than cancel + callLater once per command
+        else:
+            self._timer = self.factory.ctx.reactor.callLater(delay, self._timed_out)
 
     def _disarm(self) -> None:
         if self._timer is not None and self._timer.active():

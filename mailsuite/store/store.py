@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -92,6 +93,21 @@ def _check_user_part(part: str, what: str) -> None:
         or any(ord(c) < 0x20 or ord(c) == 0x7F or c in "/\\" for c in part)
     ):
         raise InvalidUser(f"invalid {what} in user name")
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_user(user: str) -> str:
+    """:meth:`Store.canonical_user` of a str (cached: it runs several times per delivery; a failure raises
+    and so is never cached)."""
+    local, at, domain = user.rpartition("@")
+    if not at:
+        raise InvalidUser(f"user {user!r} has no domain")
+    domain = domain.lower()
+    _check_user_part(local, "local part")
+    _check_user_part(domain, "domain")
+    if "@" in local:
+        raise InvalidUser("'@' in local part")
+    return f"{local}@{domain}"
 
 
 #: Default bound on open per-user SQLite connections (bench 7a: one per user otherwise).
@@ -238,15 +254,7 @@ class Store:
         """``"Alice@Example.ORG"`` -> ``"Alice@example.org"`` after validation (raises InvalidUser)."""
         if not isinstance(user, str):
             raise InvalidUser("user must be a string")
-        local, at, domain = user.rpartition("@")
-        if not at:
-            raise InvalidUser(f"user {user!r} has no domain")
-        domain = domain.lower()
-        _check_user_part(local, "local part")
-        _check_user_part(domain, "domain")
-        if "@" in local:
-            raise InvalidUser("'@' in local part")
-        return f"{local}@{domain}"
+        return _canonical_user(user)
 
     def user_dir(self, user: str) -> Path:
         """``"alice@example.org"`` -> ``root/example.org/alice`` (validated: no ``/``, ``..``, NUL)."""
