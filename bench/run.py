@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(slows mailsuite: for diagnosis, not for figures)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--no-install", action="store_true", help="don't apt-get install the peers")
+    parser.add_argument("--smtp-client", choices=("python", "smtp-source"), default="python",
+                        help="load generator of workloads 1-2: the asyncio client (default) or Postfix's "
+                             "smtp-source (C; leaves more CPU to the server)")
     args = parser.parse_args(argv)
 
     chosen: list[str] = []
@@ -177,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
     servers.Mailsuite.tracemalloc_dir = args.tracemalloc
-    ctx = Context(work=work, quick=args.quick, runs=args.runs, profile_dir=args.profile)
+    ctx = Context(work=work, quick=args.quick, runs=args.runs, profile_dir=args.profile,
+                  smtp_client=args.smtp_client)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"mailsuite benchmarks, {started}{' (--quick sizes)' if args.quick else ''}, median of {args.runs}")
     print(f"machine: {machine()}")

@@ -78,6 +78,8 @@ class Context:
     profile_dir: Path | None = None
     profiles: dict[str, Path] = field(default_factory=dict)
     smtp1: dict[str, float] = field(default_factory=dict)   # msg/s of workload 1, for workload 9
+    #: load generator of workloads 1-2: "python" (asyncio, bench/clients.py) or "smtp-source" (Postfix's, in C)
+    smtp_client: str = "python"
 
     def size(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -182,11 +184,35 @@ async def smtp_burst(port: int, messages: list[tuple[str | list[str], bytes]], c
     return time.perf_counter() - start
 
 
+def smtp_source_burst(port: int, work: Path, users: int, n: int, reuse: bool) -> float:
+    """The same load with Postfix's C load generator ``smtp-source`` (it leaves more of the 2 cores to the
+    server): one process with one session per user, ``n / users`` messages of the 10 KB corpus message each
+    (``-d``: connection reuse).  Seconds until every process is done; a failed run raises."""
+    msg = work / "smtp-source.txt"
+    if not msg.exists():
+        # smtp-source -F: a pre-formatted message, LF line ends (it adds the CR and stuffs the dots)
+        msg.write_bytes(corpus.message(0, 10 * 1024, user_name(0)).replace(b"\r\n", b"\n"))
+    per, extra = divmod(n, users)
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["smtp-source", "-s", "1", "-m", str(per + (1 if i < extra else 0)),
+                               *(["-d"] if reuse else []), "-M", "client.bench.test", "-f", "bench@example.com",
+                               "-t", user_name(i), "-F", str(msg), f"inet:127.0.0.1:{port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for i in range(users)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    secs = time.perf_counter() - start
+    failed = [(p.returncode, e.decode(errors="replace").strip()[:200]) for p, e in zip(procs, errors) if p.returncode]
+    if failed:
+        raise RuntimeError(f"smtp-source failed: {failed[0]}")
+    return secs
+
+
 def run_smtp(ctx: Context, reuse: bool) -> list[Row]:
     key = "2" if reuse else "1"
     n = ctx.size(2000, 300)
     users = 10
-    label = (f"SMTP {n} x 10 KB, 10 sessions, " + ("connection reuse" if reuse else "1 msg/connection"))
+    label = (f"SMTP {n} x 10 KB, 10 sessions, " + ("connection reuse" if reuse else "1 msg/connection")
+             + (", smtp-source" if ctx.smtp_client == "smtp-source" else ""))
     work = ctx.sub(f"smtp{key}")
     ms, pf = Mailsuite(work, ("smtp",)), Postfix(work)
     ms.add_users(users)
@@ -207,7 +233,9 @@ def run_smtp(ctx: Context, reuse: bool) -> list[Row]:
                 try:
                     c0 = cpu_tree_seconds(ms.pid)
                     with profiled(ctx, f"smtp{key}-run{r}", ms.pid) if r == 0 else _nothing():
-                        secs = asyncio.run(smtp_burst(ms.port("smtp"), messages, 10, reuse))
+                        secs = (smtp_source_burst(ms.port("smtp"), work, users, n, reuse)
+                                if ctx.smtp_client == "smtp-source"
+                                else asyncio.run(smtp_burst(ms.port("smtp"), messages, 10, reuse)))
                     if not wait_count(ms_dirs, n * (r + 1), 60):
                         problems.append(f"mailsuite run {r}: only {count_files(ms_dirs)}/{n * (r + 1)} delivered")
                     cpu["mailsuite"].append((cpu_tree_seconds(ms.pid) - c0) / n)
@@ -218,7 +246,8 @@ def run_smtp(ctx: Context, reuse: bool) -> list[Row]:
                     ms_ok = False
             c0 = cpu_tree_seconds(pf.master_pid())
             start = time.perf_counter()
-            secs = asyncio.run(smtp_burst(pf.port, messages, 10, reuse))
+            secs = (smtp_source_burst(pf.port, work, users, n, reuse) if ctx.smtp_client == "smtp-source"
+                    else asyncio.run(smtp_burst(pf.port, messages, 10, reuse)))
             delivered = wait_count(pf_dirs, n * (r + 1), 300)
             all_secs = time.perf_counter() - start
             cpu["postfix"].append((cpu_tree_seconds(pf.master_pid()) - c0) / n)
