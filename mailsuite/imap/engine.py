@@ -590,10 +590,9 @@ class ImapEngine:
         perm = b"()" if readonly else flag_list(SYSTEM + kws + ["\\*"])
         self._emit(b"* OK [PERMANENTFLAGS " + perm + b"] Flags permitted\r\n")
         self._emit(b"* %d EXISTS\r\n* %d RECENT\r\n" % (sel.count(), len(sel.recent)))
-        for i, uid in enumerate(sel.uids):
-            if "\\Seen" not in sel.infos[uid].flags:
-                self._emit(b"* OK [UNSEEN %d] First unseen\r\n" % (i + 1))
-                break
+        unseen = sel.first_unseen()
+        if unseen:
+            self._emit(b"* OK [UNSEEN %d] First unseen\r\n" % unseen)
         self._emit(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mb.uidvalidity)
         self._emit(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mb.uidnext)
         self._emit(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % mb.highestmodseq)
@@ -939,7 +938,7 @@ class ImapEngine:
         assert sel is not None
         mb = sel.mailbox
         loader = (lambda: headers.get(uid)) if headers is not None else (lambda: mb.header_bytes(uid))
-        return Message(lambda: mb.open_message(uid), sel.infos[uid].size, loader)
+        return Message(lambda: mb.open_message(uid), sel.infos[uid].size, loader, lambda: mb.internaldate(uid))
 
     def _cmd_search(self, cmd: Command) -> None:
         """SEARCH (RFC 3501 §6.4.4), ESEARCH (RFC 4731), MODSEQ (RFC 7162 §3.1.5)."""
@@ -1009,7 +1008,9 @@ class ImapEngine:
         changedsince = a["changedsince"]
         if changedsince is not None or any(t.name == "MODSEQ" for t in atts):
             self.condstore = True  # RFC 7162 §3.1
-        uids = [u for u in self._uids_for(a["set"], cmd.uid) if sel.live(u)]
+        uids = self._uids_for(a["set"], cmd.uid)
+        if sel.ghosts:
+            uids = [u for u in uids if sel.live(u)]
         if changedsince is not None:
             uids = [u for u in uids if sel.infos[u].modseq > changedsince]
         # \Seen for non-PEEK body fetches, set before answering (RFC 3501 §6.4.5)
@@ -1039,6 +1040,10 @@ class ImapEngine:
                       failures: list[tuple[str, str]]) -> Iterator[bytes]:
         sel = self.selected
         assert sel is not None
+        plan = fetchmod.header_plan(atts, cmd.uid, with_modseq)
+        if plan is not None:
+            yield from self._fetch_header_sync(uids, plan, failures)
+            return
         batch = _HeaderBatch(sel, uids)   # header blocks asked 500 at a time, only if an item needs one
         for uid in uids:
             if not sel.live(uid):
@@ -1071,6 +1076,56 @@ class ImapEngine:
             yield b"".join(first)
             if size > 256 * 1024:
                 yield from chunks  # a big body, streamed from the file (padded if it shrinks)
+
+    def _fetch_header_sync(self, uids: list[int], plan: list, failures: list[tuple[str, str]]) -> Iterator[bytes]:
+        """FETCH of flags, sizes and header fields only (a client's header sync, see
+        :func:`fetch.header_plan`): one tight loop, the field literals from the folder's header memo
+        (computed from the cached header block on the first fetch of a message)."""
+        sel = self.selected
+        assert sel is not None
+        mb = sel.mailbox
+        batch = _HeaderBatch(sel, uids)
+        memos = [mb.header_memo(key) if key is not None else None for _kind, key, _label in plan]
+        steps = [(kind, key, label, memo) for (kind, key, label), memo in zip(plan, memos)]
+        UID, FLAGS, SIZE, MODSEQ = fetchmod.UID_STEP, fetchmod.FLAGS_STEP, fetchmod.SIZE_STEP, fetchmod.MODSEQ_STEP
+        flag_items: dict[tuple, bytes] = {}
+        seq_of = sel.seq_of
+        for uid in uids:
+            infos = sel.infos  # a sync during the stream may replace the session's dicts
+            info = infos.get(uid)
+            if info is None or uid in sel.ghosts:
+                continue
+            out = [b"* %d FETCH (" % seq_of(uid)]
+            try:
+                for kind, key, label, memo in steps:
+                    out.append(label)
+                    if kind is UID:
+                        out.append(b"%d" % uid)
+                    elif kind is FLAGS:
+                        fk = (info.flags, info.keywords, uid in sel.recent)
+                        item = flag_items.get(fk)
+                        if item is None:
+                            item = flag_items[fk] = fetchmod.flags_item(sel.flags_of(uid))
+                        out.append(item)
+                    elif kind is SIZE:
+                        out.append(b"%d" % info.size)
+                    elif kind is MODSEQ:
+                        out.append(b"(%d)" % info.modseq)
+                    else:
+                        literal = memo.data.get(uid)
+                        if literal is None:
+                            literal = fetchmod.fields_literal(batch.get(uid), key)
+                            memo.put(uid, literal)
+                        out.append(literal)
+            except (OSError, MessageNotFound):
+                failures.append(("EXPUNGEISSUED", "Some messages were expunged"))  # RFC 5530
+                continue
+            except Exception:
+                log.failure("IMAP: FETCH of message {uid} failed", uid=uid)
+                failures.append(("SERVERBUG", "Some messages could not be fetched"))
+                continue
+            out.append(b")\r\n")
+            yield b"".join(out)
 
     def _cmd_store(self, cmd: Command) -> None:
         """STORE (RFC 3501 §6.4.6), UNCHANGEDSINCE (RFC 7162 §3.1.3)."""
@@ -1160,14 +1215,20 @@ class _HeaderBatch:
         self.sel = sel
         self.cache: dict[int, bytes] = {}
         self.order = order if order is not None else sel.uids
-        self._position = None if order is None else {u: i for i, u in enumerate(order)}
+        self._by_seq = order is None
+        self._position: dict[int, int] | None = None  # built on the first miss (FETCH)
 
     def get(self, uid: int) -> bytes:
         header = self.cache.pop(uid, None)
         if header is not None:
             return header
         sel = self.sel
-        start = max(sel.seq_of(uid) - 1, 0) if self._position is None else self._position.get(uid, 0)
+        if self._by_seq:
+            start = max(sel.seq_of(uid) - 1, 0)
+        else:
+            if self._position is None:
+                self._position = {u: i for i, u in enumerate(self.order)}
+            start = self._position.get(uid, 0)
         chunk = [u for u in self.order[start : start + self.SIZE] if sel.live(u)]
         if uid not in chunk:
             chunk.insert(0, uid)

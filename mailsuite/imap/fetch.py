@@ -137,6 +137,44 @@ def _flags(flags: list[str]) -> bytes:
     return out
 
 
+# -- the header-sync fast path -------------------------------------------------------------------------
+
+_FIELDS_TEXTS = ("HEADER.FIELDS", "HEADER.FIELDS.NOT")
+#: Step kinds of :func:`header_plan`.
+UID_STEP, FLAGS_STEP, SIZE_STEP, MODSEQ_STEP, FIELDS_STEP = _UID, _FLAGS, _SIZE, _MODSEQ, "fields"
+_HeaderStep = tuple[str, "tuple | None", bytes]
+
+
+def header_plan(atts: list[FetchAtt], with_uid: bool, with_modseq: bool) -> list[_HeaderStep] | None:
+    """The steps of a FETCH made only of UID, FLAGS, RFC822.SIZE, MODSEQ and top-level
+    ``BODY[HEADER.FIELDS (...)]``/``.NOT`` without partial (a mail client's header sync), else None.
+
+    A fields step carries the key of its literal in the folder's header memo: the literal depends
+    only on the message's header block, so it is computed once per message and field list."""
+    out: list[_HeaderStep] = []
+    for kind, att, label in _plan(atts, with_uid, with_modseq):
+        if kind is _UID or kind is _FLAGS or kind is _SIZE or kind is _MODSEQ:
+            out.append((kind, None, label))
+        elif (kind is _SECTION and att.partial is None and att.section is not None and not att.section.part
+              and att.section.text in _FIELDS_TEXTS):
+            out.append((FIELDS_STEP, ("imap-fields", att.section.text, att.section.field_keys), label))
+        else:
+            return None
+    return out
+
+
+def fields_literal(header: bytes, key: tuple) -> bytes:
+    """The literal of a fields step (see :func:`header_plan`) for a header block."""
+    _name, text, keys = key
+    data = mimeview.header_fields(header, keys, text == "HEADER.FIELDS.NOT")
+    return b"{%d}\r\n" % len(data) + data
+
+
+def flags_item(flags: list[str]) -> bytes:
+    """``(\\Seen kw)`` for a FLAGS item (sorted and encoded once per distinct flag list)."""
+    return _flags(flags)
+
+
 # -- one message ---------------------------------------------------------------------------------------
 
 
@@ -186,7 +224,8 @@ def fetch_items(
         elif kind is _MODSEQ:
             out.append(b"(%d)" % info.modseq)  # RFC 7162 §3.1.4.1
         elif kind is _INTERNALDATE:
-            out.append(internaldate(datetime.fromtimestamp(info.internaldate, timezone.utc)))
+            when = info.internaldate or msg.internaldate()  # 0: not known yet (learnt from the file)
+            out.append(internaldate(datetime.fromtimestamp(when, timezone.utc)))
         elif kind is _ENVELOPE:
             out.append(mimeview.envelope(msg))
         elif kind is _BODYSTRUCTURE:

@@ -18,10 +18,12 @@ class Message:
     """One message: ``opener`` opens its file, ``header_loader`` gives its header block (the store's
     header cache, so FETCH/SEARCH of headers does not read message files)."""
 
-    def __init__(self, opener: Callable[[], BinaryIO], size: int, header_loader: Callable[[], bytes]) -> None:
+    def __init__(self, opener: Callable[[], BinaryIO], size: int, header_loader: Callable[[], bytes],
+                 date_loader: Callable[[], float] | None = None) -> None:
         self._opener = opener
         self.size = size
         self._header_loader = header_loader
+        self._date_loader = date_loader
         self._header: bytes | None = None
         self._raw: bytes | None = None
 
@@ -31,6 +33,13 @@ class Message:
             with self._opener() as f:
                 self._raw = f.read()
         return self._raw
+
+    def internaldate(self) -> float:
+        """The INTERNALDATE (Unix time) when the index does not know it yet (the store learns it from
+        the file on first use)."""
+        if self._date_loader is None:
+            raise OSError("internal date unknown")
+        return self._date_loader()
 
     def header(self) -> bytes:
         """The header block including the empty line that ends it (RFC 3501 §6.4.5 HEADER)."""

@@ -173,7 +173,8 @@ def matches(key: tuple, ctx: SearchContext) -> bool:
         # RFC 3501 §6.4.4: dates compare without time and timezone
         _, which, op, ref = key
         if which == "internal":
-            return _date_cmp(op, datetime.fromtimestamp(info.internaldate, timezone.utc).date(), ref)
+            when = info.internaldate or ctx.view.msg.internaldate()  # 0: not known yet (learnt from the file)
+            return _date_cmp(op, datetime.fromtimestamp(when, timezone.utc).date(), ref)
         return _date_cmp(op, ctx.view.sent_date(), ref)
     if kind == "HEADER":
         name, needle = key[1], key[2]

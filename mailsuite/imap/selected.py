@@ -30,19 +30,41 @@ class Selected:
     keywords: frozenset[str] = frozenset()
     listener: Callable[[], None] | None = None
     uidvalidity: int = 0
+    #: ``uids`` and ``infos`` are the mailbox's shared snapshot (copied before the first change)
+    shared: bool = False
+    _first_unseen: int = 0
 
     @property
     def name(self) -> str:
         return self.mailbox.name
 
     def load(self) -> None:
-        self.uidvalidity = self.mailbox.uidvalidity
-        msgs = self.mailbox.messages()
-        self.uids = [m.uid for m in msgs]
-        self.infos = {m.uid: m for m in msgs}
+        """Take the mailbox's snapshot (shared with the other sessions until one of us changes it:
+        SELECT of an unchanged big folder costs no work per message)."""
         # RFC 3501 §2.3.2: \Recent belongs to the first session that selects; EXAMINE only looks.
-        self.recent = {m.uid for m in msgs if m.recent} if self.readonly else self.mailbox.claim_recent()
-        self.keywords = self._keywords()
+        view, self.recent = self.mailbox.select_view(claim=not self.readonly)
+        self.uidvalidity = self.mailbox.uidvalidity
+        self.uids = view.uids
+        self.infos = view.infos
+        self.shared = True
+        self.keywords = view.keywords
+        self._first_unseen = view.first_unseen
+
+    def _own(self) -> None:
+        """Copy the shared snapshot before changing it."""
+        if self.shared:
+            self.uids = list(self.uids)
+            self.infos = dict(self.infos)
+            self.shared = False
+
+    def first_unseen(self) -> int:
+        """Sequence number of the first message without \\Seen, 0 if none (SELECT's UNSEEN code)."""
+        if self.shared:
+            return self._first_unseen
+        for i, uid in enumerate(self.uids):
+            if "\\Seen" not in self.infos[uid].flags:
+                return i + 1
+        return 0
 
     def _keywords(self) -> frozenset[str]:
         kws: set[str] = set()
@@ -73,13 +95,16 @@ class Selected:
         except KeyError:
             return None
         if uid in self.infos:
-            self.infos[uid] = info
+            if self.infos[uid] is not info:
+                self._own()
+                self.infos[uid] = info
         return info
 
     def sync(self, allow_expunge: bool, condstore: bool) -> list[bytes]:
         """Untagged updates bringing the client's view up to date with the store (the caller has
         synced the store with the Maildir)."""
         self.dirty = False
+        self._own()
         current = self.mailbox.messages()
         out: list[bytes] = []
         by_uid = {m.uid: m for m in current}

@@ -12,12 +12,16 @@ mtime to be sure nothing changed after it within the file system's timestamp gra
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
+import itertools
+import operator
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
@@ -25,7 +29,7 @@ from twisted.logger import Logger
 
 from . import dovecot
 from .errors import MailboxNotFound, MessageNotFound, StoreError
-from .index import FolderRow, UserIndex
+from .index import CRASH_UID_GAP, FolderRow, UserIndex
 from .maildir import (
     FLAG_LETTERS,
     LETTER_FLAGS,
@@ -34,7 +38,6 @@ from .maildir import (
     fsync_dir,
     header_block,
     info_letters,
-    list_messages,
     make_maildir,
     make_suffix,
     normalize_line_ends,
@@ -46,7 +49,7 @@ from .maildir import (
 if TYPE_CHECKING:
     from .store import _UserState
 
-__all__ = ["Mailbox", "MessageInfo", "normalize_flags", "validate_keywords", "InvalidFlag"]
+__all__ = ["Mailbox", "MailboxView", "MessageInfo", "normalize_flags", "validate_keywords", "InvalidFlag"]
 
 log = Logger()
 
@@ -55,6 +58,14 @@ _SUBDIRS = ("new", "cur")
 _NS = 1_000_000_000
 #: How many fetched headers to keep before writing them to the index in one transaction.
 _HEADER_FLUSH = 256
+#: Bytes of derived header data (:meth:`Mailbox.header_memo`) kept by the process, all folders together.
+_MEMO_BUDGET = 64 * 1024 * 1024
+#: How many learnt dates (:meth:`Mailbox.internaldate`) to keep before writing them to the index.
+_DATES_FLUSH = 8192
+#: A first scan with at least this many messages writes its index rows after answering (see _first_scan),
+#: in the store's thread pool, this many per transaction.
+_BULK_DEFER = 5000
+_BULK_CHUNK = 5000
 #: Folders up to this size are rescanned at once when a scan could not be trusted (see _needs_scan).
 _EAGER_RESCAN_LIMIT = 2000
 
@@ -114,8 +125,60 @@ def _keywords_of(text: str) -> frozenset[str]:
     return frozenset(text.split(" ")) if text else EMPTY
 
 
+@functools.lru_cache(maxsize=4096)
 def _keywords_text(keywords: frozenset[str]) -> str:
     return " ".join(sorted(keywords)) if keywords else ""
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a big folder's objects are built (they hold no cycles; the
+    collector would otherwise walk the growing heap again and again)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _reactor_running() -> bool:
+    from twisted.internet import reactor
+
+    return bool(getattr(reactor, "running", False))
+
+
+def _call_later(fn: Callable[[], object]) -> None:
+    """Run ``fn`` on a later reactor turn, after the output of this one is written (a delay of 0 would
+    run it before the reactor polls its sockets again)."""
+    from twisted.internet import reactor
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - the rows are written by the next transaction instead
+            log.failure("mailsuite store: writing index rows")
+
+    reactor.callLater(0.002, run)  # type: ignore[attr-defined]
+
+
+def _list_files(subdir: str) -> set[str]:
+    """The regular files of ``subdir`` (one ``scandir``; the type comes with the entries, so no
+    ``stat``): symbolic links never count as messages (DESIGN §4), nor do directories or devices."""
+    with os.scandir(subdir) as entries:
+        return {e.name for e in entries if e.is_file(follow_symlinks=False)}
+
+
+def _name_size(base: str) -> int | None:
+    """The size given by the ``,S=<size>`` field of a Maildir base name (Dovecot's and ours), or None
+    when there is none or it is not a plain decimal number."""
+    i = base.find(",S=")
+    if i < 0:
+        return None
+    end = base.find(",", i + 3)
+    digits = base[i + 3 :] if end < 0 else base[i + 3 : end]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def _window(mtime_ns: int) -> int:
@@ -166,6 +229,96 @@ class MessageInfo(NamedTuple):
         return self.filename[len(self.name) :]
 
 
+class HeaderMemo:
+    """Values derived from the header of a message (e.g. an IMAP ``HEADER.FIELDS`` literal), by UID.
+
+    A UID names one file for the life of its UIDVALIDITY and Maildir files do not change, so an entry
+    stays right until the message is expunged.  Shared by every session of the folder.  All memos of
+    the process share one byte budget (:data:`_MEMO_BUDGET`): when it is spent, the memos used least
+    recently are emptied (:class:`_MemoPool`)."""
+
+    __slots__ = ("data", "size", "_pool")
+
+    def __init__(self, pool: _MemoPool) -> None:
+        self.data: dict[int, bytes] = {}
+        self.size = 0
+        self._pool = pool
+
+    def get(self, uid: int) -> bytes | None:
+        return self.data.get(uid)
+
+    def put(self, uid: int, value: bytes) -> None:
+        cost = len(value) + 80
+        if uid not in self.data and self._pool.charge(self, cost):
+            self.data[uid] = value
+            self.size += cost
+
+    def discard(self, uid: int) -> None:
+        value = self.data.pop(uid, None)
+        if value is not None:
+            self.size -= len(value) + 80
+            self._pool.refund(len(value) + 80)
+
+    def clear(self) -> None:
+        self._pool.refund(self.size)
+        self.data.clear()
+        self.size = 0
+
+
+class _MemoPool:
+    """The byte budget shared by all :class:`HeaderMemo` of the process, least recently used first out."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._lru: dict[int, HeaderMemo] = {}  # id -> memo, least recently used first
+        self._lock = threading.RLock()
+
+    def touch(self, memo: HeaderMemo) -> None:
+        with self._lock:
+            self._lru.pop(id(memo), None)
+            self._lru[id(memo)] = memo
+
+    def forget(self, memo: HeaderMemo) -> None:
+        with self._lock:
+            self._lru.pop(id(memo), None)
+            memo.clear()
+
+    def refund(self, cost: int) -> None:
+        with self._lock:
+            self.used -= cost
+
+    def charge(self, memo: HeaderMemo, cost: int) -> bool:
+        with self._lock:
+            if self.used + cost > self.budget:
+                for key, old in list(self._lru.items()):
+                    if self.used + cost <= self.budget:
+                        break
+                    if old is not memo:
+                        del self._lru[key]
+                        old.clear()
+            if self.used + cost > self.budget:
+                return False
+            self.used += cost
+            return True
+
+
+_MEMOS = _MemoPool(_MEMO_BUDGET)
+
+
+class MailboxView(NamedTuple):
+    """A snapshot of a folder for SELECT, shared by every session that selects it while nothing
+    changes (building it is O(folder); reusing it is O(1)).  ``uids`` and ``infos`` must not be
+    mutated: a session copies them before its first change (see :class:`mailsuite.imap.selected.Selected`).
+    ``first_unseen`` is the sequence number of the first message without ``\\Seen`` (0: none)."""
+
+    stamp: tuple
+    uids: list[int]
+    infos: dict[int, MessageInfo]
+    keywords: frozenset[str]
+    first_unseen: int
+
+
 class Mailbox:
     """An open folder (obtain it with :meth:`Store.mailbox`; do not construct directly).
 
@@ -186,6 +339,8 @@ class Mailbox:
         self._by_name: dict[str, int] = {}
         self._gone = False
         self._pending_headers: dict[int, bytes] = {}
+        #: uid -> (internaldate, size) learnt from files, written to the index with the next transaction
+        self._pending_dates: dict[int, tuple[float, int]] = {}
         self._total_size = 0
         self.fid = 0
         self.uidvalidity = 0
@@ -196,6 +351,16 @@ class Mailbox:
         #: suffix -> (flags, keywords) and (flags, keywords, old letters) -> letters; depends on _kwtable
         self._suffix_cache: dict = {}
         self._state: dict[str, tuple[int, int]] = {"new": (0, 0), "cur": (0, 0)}
+        #: UIDs still \Recent (not claimed by any session): claim_recent is O(claimed), not O(folder)
+        self._recent: set[int] = set()
+        #: Bumped by changes that move neither HIGHESTMODSEQ nor UIDNEXT (a size corrected from the file)
+        self._gen = 0
+        self._view: MailboxView | None = None
+        self._memos: dict[tuple, HeaderMemo] = {}  # in the process-wide pool _MEMOS
+        #: Messages of a big first scan (as found) whose index rows are not written yet (see
+        #: _first_scan), and the folder fields to write with the last of them.
+        self._bulk_rows: list[MessageInfo] | None = None
+        self._bulk_fields: dict[str, object] = {}
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -212,11 +377,15 @@ class Mailbox:
         msgs = self._msgs
         by_name = self._by_name
         total = 0
-        for uid, name, subdir, suffix, flags, kw, modseq, size, idate, recent in self._index.load_messages(self.fid):
-            msgs[uid] = make(uid, name, _flags_of(flags), _keywords_of(kw) if kw else EMPTY, modseq, size, idate,
-                             recent == 1, subdir, name + suffix if suffix else name, d)
-            by_name[name] = uid
-            total += size
+        recent_uids = self._recent
+        with _no_gc():  # 100k+ new objects: no collections of a growing heap while they are made
+            for uid, name, subdir, suffix, flags, kw, modseq, size, idate, recent in self._index.load_messages(self.fid):
+                msgs[uid] = make(uid, name, _flags_of(flags), _keywords_of(kw) if kw else EMPTY, modseq, size, idate,
+                                 recent == 1, subdir, name + suffix if suffix else name, d)
+                by_name[name] = uid
+                total += size
+                if recent:
+                    recent_uids.add(uid)
         self._total_size = total
         self._sync_locked()
 
@@ -323,7 +492,12 @@ class Mailbox:
 
         Only the differences between the listed names and the known file names are handled in Python:
         a known base under a new name is a flag change or a new->cur move (same UID); an unknown base
-        is a new message (stat'ed for size and date); a known file gone without a new name is expunged.
+        is a new message; a known file gone without a new name is expunged.  A new message's size comes
+        from the ``,S=<size>`` of its name when there is one (as Dovecot does: no ``stat`` per file, which
+        is most of the first open of a big folder), else from a ``stat``; its INTERNALDATE (the file's
+        mtime) is then learnt on first use (:meth:`internaldate`; 0 in the index means "not known yet").
+        New messages get UIDs in the order of their base names (Maildir names start with the delivery
+        time), after those imported from ``dovecot-uidlist``.
         """
         files: dict[str, set[str]] = {}
         states: dict[str, tuple[int, int]] = {}
@@ -332,8 +506,11 @@ class Mailbox:
                 scanned = time.time_ns()
                 path = os.path.join(self._dir_str, sub)
                 mtime = os.stat(path).st_mtime_ns  # before listing: a change during it moves the mtime
-                files[sub] = list_messages(path)    # symlinks are never messages (DESIGN §4)
+                files[sub] = _list_files(path)      # symlinks are never messages (DESIGN §4)
                 states[sub] = (mtime, scanned)
+        if first and not imported and not self._msgs and len(files) == 2:
+            with _no_gc():
+                return self._first_scan(files, states)
         known: dict[str, set[str]] = {sub: set() for sub in files}
         if len(files) == 2:
             for m in self._msgs.values():
@@ -355,18 +532,22 @@ class Mailbox:
         relocated: list[MessageInfo] = []
         modseq = self.highestmodseq + 1
         flag_changed = False
-        new_files: list[tuple[int, int, str, str, str, os.stat_result]] = []
+        new_files: list[tuple[int, int, str, str, str, int, float]] = []
         for base, (sub, fn) in appeared.items():
             uid = by_name.get(base)
             if uid is None:
-                try:
-                    st = os.stat(f"{self._dir_str}/{sub}/{fn}")
-                except FileNotFoundError:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
+                size = _name_size(base)
+                when = 0.0  # not known yet: learnt from the file on first use
+                if size is None:
+                    try:
+                        st = os.stat(f"{self._dir_str}/{sub}/{fn}")
+                    except FileNotFoundError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    size, when = st.st_size, st.st_mtime
                 pre = imported.get(base, 0) if imported else 0
-                new_files.append((0 if pre else 1, pre or st.st_mtime_ns, base, sub, fn, st))
+                new_files.append((0 if pre else 1, pre, base, sub, fn, size, when))
             elif base in vanished:
                 m = self._msgs[uid]
                 flags, kws = self._decode_suffix(fn[len(base):], m.keywords)
@@ -385,17 +566,24 @@ class Mailbox:
         if imported:
             top = max((t[1] for t in new_files if t[0] == 0), default=0)
             uidnext = max(uidnext, top + 1)
-        for is_new, key, base, sub, fn, st in new_files:
-            if is_new == 0 and key not in self._msgs and key not in used:
+        suffixes = self._suffix_cache
+        d = self._dir_str
+        make = MessageInfo
+        msgs = self._msgs
+        append = added.append
+        for is_new, key, base, sub, fn, size, when in new_files:
+            if is_new == 0 and key not in msgs and key not in used:
                 uid = key
             else:
                 uid = uidnext
                 uidnext += 1
             used.add(uid)
-            flags, kws = self._decode_suffix(fn[len(base):])
-            recent = sub == "new" if first else True
-            added.append(MessageInfo(uid, base, flags, kws, modseq, st.st_size, st.st_mtime, recent, sub, fn, self._dir_str))
-        added.sort(key=lambda m: m.uid)
+            suffix = fn[len(base):]
+            decoded = suffixes.get(suffix) or self._decode_suffix(suffix)
+            append(make(uid, base, decoded[0], decoded[1], modseq, size, when,
+                        sub == "new" if first else True, sub, fn, d))
+        if imported:
+            added.sort(key=lambda m: m.uid)
 
         changed = bool(removed or relocated or added)
         highest = modseq if (removed or added or flag_changed) else self.highestmodseq
@@ -405,7 +593,7 @@ class Mailbox:
             self._state.update(states)
             return False
         idx = self._index
-        with idx.transaction():
+        with self._txn():
             self._flush_headers()
             if removed:
                 idx.delete_messages(self.fid, removed)
@@ -428,6 +616,9 @@ class Mailbox:
             by_name.pop(m.name, None)
             self._total_size -= m.size
             self._pending_headers.pop(uid, None)
+            self._recent.discard(uid)
+            for memo in self._memos.values():
+                memo.discard(uid)
         for m in relocated:
             self._msgs[m.uid] = m
         if added:
@@ -440,10 +631,177 @@ class Mailbox:
             for m in added:
                 by_name[m.name] = m.uid
                 self._total_size += m.size
+                if m.recent:
+                    self._recent.add(m.uid)
         self.uidnext = uidnext
         self.highestmodseq = highest
         self._state.update(states)
         return changed
+
+    def _first_scan(self, files: dict[str, set[str]], states: dict[str, tuple[int, int]]) -> bool:
+        """:meth:`_rescan` of a folder its index knows nothing about (first open without
+        ``dovecot-uidlist``): every file is new.  The same result as the general path (UIDs in base
+        name order, ``cur/`` winning over ``new/``, recent = in ``new/``) in one pass, with one
+        ``executemany`` for the index rows: this is the first SELECT of a big folder.  From
+        :data:`_BULK_DEFER` messages on (with a running reactor) the rows are written after the answer,
+        in the store's thread pool (:meth:`_write_bulk_rows`); UIDNEXT is committed at once."""
+        cur: dict[str, str] = {}
+        for fn in files["cur"]:
+            if fn[0] != ".":
+                cur[fn.split(":", 1)[0]] = fn
+        new_: dict[str, str] = {}
+        for fn in files["new"]:  # "cur" wins for a base present in both
+            if fn[0] != ".":
+                base = fn.split(":", 1)[0]
+                if base not in cur:
+                    new_[base] = fn
+        modseq = self.highestmodseq + 1
+        uid = first_uid = self.uidnext
+        fid = self.fid
+        d = self._dir_str
+        new = tuple.__new__
+        info = MessageInfo
+        bits: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        msgs: dict[int, MessageInfo] = {}
+        by_name: dict[str, int] = {}
+        recent = self._recent
+        total = 0
+        for base in sorted(cur.keys() | new_.keys()) if new_ else sorted(cur):
+            fn = cur.get(base)  # type: ignore[assignment]
+            if fn is None:
+                fn, sub, is_new = new_[base], "new", True
+            else:
+                sub, is_new = "cur", False
+            size = None  # from ",S=<size>" (as _name_size, inline: this loop runs once per message)
+            i = base.find(",S=")
+            if i >= 0:
+                j = base.find(",", i + 3)
+                digits = base[i + 3 : j] if j >= 0 else base[i + 3 :]
+                if digits.isdigit() and digits.isascii():
+                    size = int(digits)
+            when = 0.0  # not known yet: learnt from the file on first use
+            if size is None:
+                try:
+                    st = os.stat(f"{d}/{sub}/{fn}")
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                size, when = st.st_size, st.st_mtime
+            suffix = fn[len(base):]
+            b = bits.get(suffix)
+            if b is None:
+                b = bits[suffix] = self._decode_suffix(suffix)
+            msgs[uid] = new(info, (uid, base, b[0], b[1], modseq, size, when, is_new, sub, fn, d))
+            by_name[base] = uid
+            total += size
+            if is_new:
+                recent.add(uid)
+            uid += 1
+        fields: dict[str, object] = {"uidnext": uid, "highestmodseq": modseq if msgs else self.highestmodseq}
+        scan_fields: dict[str, object] = {}
+        for sub, (mt, sc) in states.items():
+            scan_fields[f"{sub}_mtime"] = mt
+            scan_fields[f"{sub}_scanned"] = sc
+        idx = self._index
+        defer = len(msgs) >= _BULK_DEFER and _reactor_running()
+        # more new UIDs than a crash epoch skips: this commit must survive a power cut (index.CRASH_UID_GAP)
+        sync = idx.full_sync() if uid - first_uid >= CRASH_UID_GAP // 2 else contextlib.nullcontext()
+        try:
+            with sync, self._txn():
+                self._flush_headers()
+                if defer:
+                    # UIDNEXT now, so no UID handed out from memory can be given again after a crash
+                    # (rows not written by then make their files new messages again, with new UIDs);
+                    # the scan state only with the last rows, so the next open scans what is missing.
+                    idx.update_folder(fid, **fields)
+                else:
+                    if msgs:
+                        idx.insert_message_rows(self._rows_of(list(msgs.values())))
+                    idx.update_folder(fid, **fields, **scan_fields)
+        except BaseException:
+            recent.difference_update(range(first_uid, uid))
+            raise
+        if defer:
+            self._bulk_rows = list(msgs.values())
+            self._bulk_fields = scan_fields
+            _call_later(self._start_bulk_writer)
+        self._msgs = msgs
+        self._by_name = by_name
+        self._total_size = total
+        self.uidnext = uid
+        self.highestmodseq = fields["highestmodseq"]  # type: ignore[assignment]
+        self._state.update(states)
+        return bool(msgs)
+
+    # -- index writes -------------------------------------------------------------------------
+
+    def _persist(self, write: Callable[[], None]) -> None:
+        """Run ``write`` (the index writes of a change already made in memory) now if the user's index is
+        open, else when it is next used (:meth:`UserIndex.defer`): a delivery or a \\Recent claim must not
+        reopen an index the cache closed (bench 7b).  Caller holds the lock."""
+        if self._index.is_open:
+            write()
+        else:
+            self._index.defer(write)
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[object]:
+        """A transaction of the user's index for this folder; index rows of the first scan that are
+        still unwritten go first (so every later change finds its rows).  Caller holds the lock."""
+        rows, fields = self._bulk_rows, self._bulk_fields
+        self._bulk_rows, self._bulk_fields = None, {}
+        try:
+            with self._index.transaction() as db:
+                if rows:
+                    self._index.insert_message_rows(self._rows_of(rows))
+                if rows is not None and fields:
+                    self._index.update_folder(self.fid, **fields)
+                yield db
+        except BaseException:
+            if rows is not None and self._bulk_rows is None:
+                self._bulk_rows, self._bulk_fields = rows, fields
+            raise
+
+    def _rows_of(self, msgs: list[MessageInfo]) -> Iterable[tuple]:
+        """Index rows (:meth:`UserIndex.insert_message_rows`) of messages as the first scan found them.
+
+        Column by column with ``map``/``zip`` (C loops, no Python frame per message): this runs in the
+        background writer while the reactor thread wants the GIL."""
+        col = [list(map(operator.itemgetter(i), msgs)) for i in range(len(MessageInfo._fields))]
+        uid, name, flags, kws, modseq, size, idate, recent, subdir, filename, _d = col
+        return zip(itertools.repeat(self.fid), uid, name, subdir, map(str.removeprefix, filename, name),
+                   map(_letters_of, flags), map(_keywords_text, kws), modseq, size, idate, recent,
+                   itertools.repeat(None))
+
+    def _start_bulk_writer(self) -> None:
+        """Write the unwritten index rows of a big first scan in the store's thread pool (SQLite
+        releases the GIL while it works, so the reactor thread goes on serving the other sessions)."""
+        d = self._user.store._runner(self._write_bulk_rows)
+        d.addErrback(lambda f: log.failure("mailsuite store: writing the index rows of {mb}", f, mb=self))
+
+    def _write_bulk_rows(self) -> None:
+        """The unwritten rows of a big first scan, :data:`_BULK_CHUNK` per transaction, the user's lock
+        taken per chunk (a session of this user waits for one chunk at most; any transaction of the
+        folder meanwhile writes all that is left first, see :meth:`_txn`)."""
+        while True:
+            with self._lock:
+                rows = self._bulk_rows
+                if rows is None or self._gone:
+                    return
+                if len(rows) <= _BULK_CHUNK:
+                    with self._txn():
+                        pass
+                    return
+                head, rest = rows[:_BULK_CHUNK], rows[_BULK_CHUNK:]
+                self._bulk_rows = rest
+                try:
+                    with self._index.transaction():
+                        self._index.insert_message_rows(self._rows_of(head))
+                except BaseException:
+                    if self._bulk_rows is rest:
+                        self._bulk_rows = head + rest
+                    raise
 
     # -- own changes --------------------------------------------------------------------------
 
@@ -498,6 +856,49 @@ class Mailbox:
         with self._lock:
             return list(self._msgs)
 
+    def _view_locked(self) -> MailboxView:
+        stamp = (self.fid, self.uidvalidity, self.highestmodseq, self.uidnext, len(self._msgs), self._gen)
+        view = self._view
+        if view is not None and view.stamp == stamp:
+            return view
+        msgs = self._msgs
+        infos = dict(msgs)
+        uids = list(infos)
+        kws: set[str] = set()
+        first_unseen = 0
+        for i, m in enumerate(infos.values()):
+            if m.keywords:
+                kws.update(m.keywords)
+            if not first_unseen and "\\Seen" not in m.flags:
+                first_unseen = i + 1
+        view = self._view = MailboxView(stamp, uids, infos, frozenset(kws), first_unseen)
+        return view
+
+    def header_memo(self, key: tuple) -> HeaderMemo:
+        """The folder's memo for data derived from message headers under ``key`` (the caller's name
+        for the derivation).  At most four keys per folder; a fifth starts afresh."""
+        full = (self.uidvalidity, key)
+        memo = self._memos.get(full)
+        if memo is None:
+            if len(self._memos) >= 4:
+                for old in self._memos.values():
+                    _MEMOS.forget(old)
+                self._memos.clear()
+            memo = self._memos[full] = HeaderMemo(_MEMOS)
+        _MEMOS.touch(memo)
+        return memo
+
+    def select_view(self, claim: bool) -> tuple[MailboxView, set[int]]:
+        """The folder for SELECT (``claim``: take its \\Recent messages, RFC 3501 §2.3.2) or EXAMINE
+        (see them without taking them), both under one lock so the \\Recent set matches the view."""
+        with self._lock:
+            self._check_alive()
+            if claim:
+                recent = self._claim_recent_locked()
+            else:
+                recent = {u for u in self._recent if u in self._msgs}
+            return self._view_locked(), recent
+
     def message(self, uid: int) -> MessageInfo:
         """The :class:`MessageInfo` of ``uid``; raises :class:`MessageNotFound`."""
         try:
@@ -515,12 +916,15 @@ class Mailbox:
 
     def recent_count(self) -> int:
         with self._lock:
-            return sum(1 for m in self._msgs.values() if m.recent)
+            return len(self._recent)
 
     def changed_since(self, modseq: int) -> list[MessageInfo]:
         """Messages whose modseq is greater than ``modseq`` (RFC 7162 CHANGEDSINCE), UID order."""
         with self._lock:
             self._check_alive()
+            if self._bulk_rows is not None:
+                with self._txn():
+                    pass
             uids = self._index.modseq_uids(self.fid, modseq)
             return [self._msgs[u] for u in uids if u in self._msgs]
 
@@ -528,10 +932,49 @@ class Mailbox:
         """Open the message file for reading (binary).  Raises :class:`MessageNotFound`."""
         with self._lock:
             self._check_alive()
-            _m, f = self._with_file(uid, lambda m: open(m.fspath, "rb"))
-        if f is None:
-            raise MessageNotFound(uid)
+            m, f = self._with_file(uid, lambda m: open(m.fspath, "rb"))
+            if f is None:
+                raise MessageNotFound(uid)
+            if not m.internaldate:  # type: ignore[union-attr]
+                self._learn(m, os.fstat(f.fileno()))  # type: ignore[arg-type, union-attr]
         return f  # type: ignore[return-value]
+
+    def internaldate(self, uid: int) -> float:
+        """The INTERNALDATE of ``uid`` (Unix time, the file's mtime).  The first open of a folder takes
+        sizes from the file names and leaves dates unknown (0); the first call learns the date with a
+        ``stat`` (checking the size on the way).  Raises :class:`MessageNotFound`."""
+        with self._lock:
+            self._check_alive()
+            m = self._msgs.get(uid)
+            if m is None:
+                raise MessageNotFound(uid)
+            if m.internaldate:
+                return m.internaldate
+            m2, st = self._with_file(uid, lambda m: os.stat(m.fspath))
+            if st is None:
+                raise MessageNotFound(uid)
+            return self._learn(m2, st).internaldate  # type: ignore[arg-type]
+
+    def _learn(self, m: MessageInfo, st: os.stat_result) -> MessageInfo:
+        """Record the date (and true size) of ``m`` read from its file.  Caller holds the lock.
+
+        A size that differs from the one taken from the name (``,S=`` wrong: a file changed or named
+        by a broken tool) is corrected; sessions see the new size at their next SELECT."""
+        when = st.st_mtime
+        size = st.st_size
+        if size != m.size:
+            log.warn("mailsuite store: {path} has {real} bytes, its name says {size}", path=m.fspath,
+                     real=size, size=m.size)
+            self._total_size += size - m.size
+            self._gen += 1
+        m = m._replace(internaldate=when, size=size)
+        if self._msgs.get(m.uid) is not None:
+            self._msgs[m.uid] = m
+            self._pending_dates[m.uid] = (when, size)
+            if len(self._pending_dates) >= _DATES_FLUSH:
+                with self._txn():
+                    self._flush_headers()
+        return m
 
     def read_message(self, uid: int) -> bytes:
         """The whole message (CRLF line ends for messages stored by this server)."""
@@ -571,34 +1014,37 @@ class Mailbox:
                 out[u] = header  # type: ignore[assignment]
                 self._pending_headers[u] = header  # type: ignore[assignment]
             if len(self._pending_headers) >= _HEADER_FLUSH:
-                with self._index.transaction():
+                with self._txn():
                     self._flush_headers()
             return out
 
     def _flush_headers(self) -> None:
+        """Write the header blocks and dates learnt from files.  Caller holds the lock, in a transaction."""
         for uid, header in self._pending_headers.items():
             self._index.set_header(self.fid, uid, header)
         self._pending_headers.clear()
+        if self._pending_dates:
+            self._index.set_dates(self.fid, ((u, d, s) for u, (d, s) in self._pending_dates.items()))
+            self._pending_dates.clear()
 
     def flush(self) -> None:
-        """Write cached headers still held in memory to the index."""
+        """Write cached headers (and learnt dates) still held in memory to the index."""
         with self._lock:
-            if self._pending_headers and not self._gone:
-                with self._index.transaction():
+            if (self._pending_headers or self._pending_dates or self._bulk_rows is not None) and not self._gone:
+                with self._txn():
                     self._flush_headers()
 
     def status(self) -> dict[str, int]:
         """Counters for IMAP STATUS (RFC 3501 §6.3.10; HIGHESTMODSEQ RFC 7162 §3.1.7; SIZE RFC 8438;
         DELETED RFC 9051 §6.3.11), in one pass over the messages."""
         with self._lock:
-            unseen = recent = deleted = 0
+            unseen = deleted = 0
             for m in self._msgs.values():
                 if "\\Seen" not in m.flags:
                     unseen += 1
                 if "\\Deleted" in m.flags:
                     deleted += 1
-                if m.recent:
-                    recent += 1
+            recent = len(self._recent)
             return {
                 "MESSAGES": len(self._msgs),
                 "RECENT": recent,
@@ -620,34 +1066,42 @@ class Mailbox:
         """
         with self._lock:
             self._check_alive()
-            uids = [u for u, m in self._msgs.items() if m.recent]
-            if not uids:
-                return set()
-            before = self._own_begin()
-            moved: list[MessageInfo] = []
-            for u in uids:
-                m = self._msgs[u]
-                if m.subdir == "new":
-                    fn = m.name + make_suffix(info_letters(m.suffix))
-                    try:
-                        os.rename(m.fspath, f"{self._dir_str}/cur/{fn}")
-                    except FileNotFoundError:
-                        self._msgs[u] = m._replace(recent=False)
-                        continue
-                    m = m._replace(subdir="cur", filename=fn)
-                    moved.append(m)
-                self._msgs[u] = m._replace(recent=False)
-            fields = self._own_end(before)
-            with self._index.transaction():
-                self._index.clear_recent(self.fid, uids)
-                if moved:
-                    self._index.update_locations(
-                        self.fid,
-                        (_location_row(m) for m in moved),
-                    )
+            return self._claim_recent_locked()
+
+    def _claim_recent_locked(self) -> set[int]:
+        if not self._recent:
+            return set()
+        uids = sorted(u for u in self._recent if u in self._msgs)
+        self._recent = set()
+        if not uids:
+            return set()
+        before = self._own_begin()
+        moved: list[MessageInfo] = []
+        for u in uids:
+            m = self._msgs[u]
+            if m.subdir == "new":
+                fn = m.name + make_suffix(info_letters(m.suffix))
+                try:
+                    os.rename(m.fspath, f"{self._dir_str}/cur/{fn}")
+                except FileNotFoundError:
+                    self._msgs[u] = m._replace(recent=False)
+                    continue
+                m = m._replace(subdir="cur", filename=fn)
+                moved.append(m)
+            self._msgs[u] = m._replace(recent=False)
+        fields = self._own_end(before)
+        fid = self.fid
+        locations = [_location_row(m) for m in moved]
+
+        def write() -> None:
+            with self._txn():
+                self._index.clear_recent(fid, uids)
+                if locations:
+                    self._index.update_locations(fid, locations)
                 if fields:
-                    self._index.update_folder(self.fid, **fields)
-            return set(uids)
+                    self._index.update_folder(fid, **fields)
+        self._persist(write)
+        return set(uids)
 
     # -- flags --------------------------------------------------------------------------------
 
@@ -760,7 +1214,7 @@ class Mailbox:
                 ]
                 fields = self._own_end(before)
                 fields["highestmodseq"] = modseq
-                with self._index.transaction():
+                with self._txn():
                     self._index.update_locations(
                         self.fid,
                         (_location_row(m) for m in changed_msgs),
@@ -789,7 +1243,7 @@ class Mailbox:
         fields = self._own_end(before)
         modseq = self.highestmodseq + 1
         fields["highestmodseq"] = modseq
-        with self._index.transaction():
+        with self._txn():
             self._index.delete_messages(self.fid, gone)
             self._index.update_folder(self.fid, **fields)
         for uid in gone:
@@ -798,6 +1252,9 @@ class Mailbox:
                 self._by_name.pop(m.name, None)
                 self._total_size -= m.size
             self._pending_headers.pop(uid, None)
+            self._recent.discard(uid)
+            for memo in self._memos.values():
+                memo.discard(uid)
         self.highestmodseq = modseq
         return gone
 
@@ -839,16 +1296,19 @@ class Mailbox:
                         written.subdir, written.filename, self._dir_str)
         fields = self._own_end(own) if own else {}
         fields.update(uidnext=uid + 1, highestmodseq=modseq)
-        with self._index.transaction():
-            self._index.insert_messages(
-                self.fid,
-                [(uid, base, m.subdir, m.suffix, _letters_of(flags), _keywords_text(kws), modseq, m.size,
-                  m.internaldate, 1, header)],
-            )
-            self._index.update_folder(self.fid, **fields)
+        fid = self.fid
+        row = (uid, base, m.subdir, m.suffix, _letters_of(flags), _keywords_text(kws), modseq, m.size,
+               m.internaldate, 1, header)
+
+        def write() -> None:
+            with self._txn():
+                self._index.insert_messages(fid, [row])
+                self._index.update_folder(fid, **fields)
+        self._persist(write)
         self._msgs[uid] = m
         self._by_name[base] = uid
         self._total_size += m.size
+        self._recent.add(uid)
         self.uidnext = uid + 1
         self.highestmodseq = modseq
         return uid
@@ -887,6 +1347,8 @@ class Mailbox:
         to_register: list[tuple[int, WrittenMessage, MessageInfo]] = []
         for uid in wanted:
             def link(m: MessageInfo) -> WrittenMessage:
+                if not m.internaldate:  # not known yet: the copy keeps the date (RFC 3501 §6.4.7)
+                    m = self._learn(m, os.stat(m.fspath))
                 letters = dest._letters_for(m.flags, m.keywords)
                 return _link_or_copy(m, dest.dir, letters)
 
@@ -898,7 +1360,7 @@ class Mailbox:
             fsync_dir(dest.dir / "cur")
         for uid, written, m in to_register:
             extra = frozenset(k for k in m.keywords if k not in dest._kwletter)
-            new_uid = dest._register(written, extra, headers.get(uid), m.internaldate, own)
+            new_uid = dest._register(written, extra, headers.get(uid), written.mtime, own)
             pairs.append((uid, new_uid))
         return pairs
 

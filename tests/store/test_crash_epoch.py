@@ -138,3 +138,56 @@ def test_untracked_store_leaves_uidnext(root: Path) -> None:
     finally:
         s2.close()
         s.close()
+
+
+def _rows(udir: Path) -> int:
+    with sqlite3.connect(udir / INDEX_FILE) as db:
+        return db.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+
+def test_writes_for_a_closed_index_are_put_off_then_applied(root: Path) -> None:
+    """A delivery or \\Recent claim for a user whose index the cache closed does not reopen it (no
+    checkpoint fsyncs per delivery); the next use, or the clean stop, applies them in order."""
+    other = "bob@example.org"
+    s = Store(root, runner=inline_runner, max_open_indexes=1)
+    s.start_run()
+    s.create_user(USER)
+    s.create_user(other)
+    mb = s.mailbox(USER, "INBOX")
+    s.mailbox(other, "INBOX")                          # evicts alice's index
+    idx = s._state(USER)._index
+    assert idx is not None and not idx.is_open
+    _deliver(s, 1, 2)
+    assert [m.uid for m in mb.messages()] == [1, 2]    # in memory at once
+    assert idx.deferred == 2 and not idx.is_open
+    assert mb.claim_recent() == {1, 2}
+    assert idx.deferred == 3
+    udir = s.user_dir(USER)
+    assert _rows(udir) == 0
+    s.close()                                           # applies them
+    assert _rows(udir) == 2
+    s2 = _started(root)
+    try:
+        mb2 = s2.mailbox(USER, "INBOX")
+        assert [(m.uid, m.recent) for m in mb2.messages()] == [(1, False), (2, False)]
+        assert mb2.uidnext == 3
+    finally:
+        s2.close()
+
+
+def test_put_off_writes_go_first_when_the_index_is_used(root: Path) -> None:
+    other = "bob@example.org"
+    s = Store(root, runner=inline_runner, max_open_indexes=1)
+    try:
+        s.create_user(USER)
+        s.create_user(other)
+        mb = s.mailbox(USER, "INBOX")
+        s.mailbox(other, "INBOX")
+        _deliver(s, 1)
+        idx = s._state(USER).index
+        assert idx.deferred == 1
+        mb.set_flags([1], ["\\Seen"])                   # uses the index: the delivery row is written first
+        assert idx.deferred == 0
+        assert idx.db.execute("SELECT uid, flags FROM messages").fetchall() == [(1, "S")]
+    finally:
+        s.close()
