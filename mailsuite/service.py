@@ -105,6 +105,16 @@ def limit_malloc_arenas(arenas: int = 1) -> bool:
     return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
+def trim_malloc() -> bool:
+    """Give freed C heap back to the OS (glibc ``malloc_trim``): start-up (imports, TLS set-up) and bursts
+    leave free pages the RSS still counts.  False where it does not apply."""
+    try:
+        import ctypes
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 class MailService(service.MultiService):
     """Every listener of one mailsuite process, plus the relay queue runner."""
 
@@ -278,6 +288,7 @@ class MailService(service.MultiService):
             config = f" --config {s.source}" if not s.source.startswith("<") else ""
             log.info("no users yet; add the first one with: mailsuite{config} user add you@{domain}",
                      config=config, domain=s.domains[0])
+        trim_malloc()
         # the last line of the banner: everything is up (tests/server.py waits for it)
         log.info("mailsuite {version} started (config: {source})", version=__version__, source=s.source)
 

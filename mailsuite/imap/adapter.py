@@ -12,7 +12,6 @@ Protocol decisions stay in the engine.
 from __future__ import annotations
 
 import zlib
-from collections import deque
 from typing import Any, Iterator
 
 from twisted.internet import defer, interfaces, task
@@ -145,7 +144,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self.ctx = factory.ctx
         self.engine: ImapEngine | None = None
         self.peer = "?"
-        self._queue: deque[Output] = deque()
+        self._queue: list[Output] = []   # a few entries at most; a deque costs 600 bytes even empty
         self._running = False
         self._blocked = False  # an async action or stream is in progress
         self._gone = False
@@ -285,7 +284,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self._running = True
         try:
             while self._queue and not self._gone and not self._blocked:
-                self._run(self._queue.popleft())
+                self._run(self._queue.pop(0))
         finally:
             self._running = False
         self._flow_control()

@@ -153,7 +153,7 @@ class ImapEngine:
         self.out: list[Output] = []
         self.waiting = False  # an action is outstanding
         self.auth_failures = 0
-        self.enabled: set[str] = set()
+        self.enabled: frozenset[str] = frozenset()   # RFC 5161 ENABLE; shared empty value (2000 IDLE sessions)
         self.condstore = False
         self.idle_tag: str | None = None
         self._auth: dict[str, Any] | None = None  # AUTHENTICATE exchange in progress
@@ -448,7 +448,7 @@ class ImapEngine:
 
     def _cmd_enable(self, cmd: Command) -> None:  # RFC 5161
         newly = [c for c in cmd.args["capabilities"] if c in ENABLEABLE and c not in self.enabled]
-        self.enabled.update(newly)
+        self.enabled = self.enabled.union(newly)
         if "CONDSTORE" in newly:
             self.condstore = True
         self._emit(b"* ENABLED" + b"".join(b" " + c.encode() for c in newly) + b"\r\n")

@@ -1297,6 +1297,8 @@ class Mailbox:
         fields = self._own_end(own) if own else {}
         fields.update(uidnext=uid + 1, highestmodseq=modseq)
         fid = self.fid
+        if not self._index.is_open:
+            header = None   # the write is put off (_persist): keep no copy; it is read from the file if needed
         row = (uid, base, m.subdir, m.suffix, _letters_of(flags), _keywords_text(kws), modseq, m.size,
                m.internaldate, 1, header)
 
