@@ -193,8 +193,8 @@ class Store:
     def start_run(self) -> int:
         """Mark the store in use by a server process; return the crash epoch.
 
-        The epoch goes up by one when the previous run did not reach :meth:`close` (SIGKILL, power
-        cut): each user's index then moves its UIDNEXT/HIGHESTMODSEQ past what lost commits may have
+        A new, larger epoch begins when the previous run did not reach :meth:`close` (SIGKILL, power
+        cut) or the file is unreadable: each user's index then moves its UIDNEXT/HIGHESTMODSEQ past what lost commits may have
         handed out (``UserIndex._sync_epoch``), because index commits do not fsync (synchronous=NORMAL).
         """
         previous = {"epoch": 0, "running": False}
