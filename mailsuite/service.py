@@ -25,6 +25,7 @@ from . import __version__
 from .accounts import Accounts, AccountsFileError
 from .config import IMPLICIT_TLS, SERVICES, Settings
 from .context import ServerContext
+from .memory import limit_malloc_arenas, trim_malloc
 from .store.errors import StoreError
 from .tls import TLSError, TLSManager
 
@@ -87,32 +88,10 @@ def preload() -> None:
             importlib.import_module(info.name)
 
 
-#: glibc mallopt() parameter: the most malloc arenas (per-thread heaps) the process may use.
-_M_ARENA_MAX = -8
-
-
-def limit_malloc_arenas(arenas: int = 1) -> bool:
-    """Cap glibc's malloc arenas (the default is 8 per core).  SQLite connections are opened and closed both
-    on the reactor thread and in the delivery threads; with an arena per thread, memory freed in one heap is
-    not reused by the other and the RSS grew by half during bench 7b (93 -> 139 MB; 98 MB with the cap).
-    Returns False where it does not apply (not glibc)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_ARENA_MAX, arenas))
-
-
-def trim_malloc() -> bool:
-    """Give freed C heap back to the OS (glibc ``malloc_trim``): start-up (imports, TLS set-up) and bursts
-    leave free pages the RSS still counts.  False where it does not apply."""
-    try:
-        import ctypes
-        return bool(ctypes.CDLL(None).malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+#: Seconds between applications of put-off index writes (Store.apply_deferred), which wait while deliveries
+#: are being written unless this many are pending.
+DEFERRED_WRITE_INTERVAL = 5.0
+DEFERRED_WRITE_BACKLOG = 20_000
 
 
 class MailService(service.MultiService):
@@ -268,9 +247,35 @@ class MailService(service.MultiService):
         assert self.ctx is not None
         self.ctx.store.start_run()         # crash epoch: see Store.start_run and docs/architecture.md
         self.ctx.store.clean_stale_tmp()   # DESIGN §3: stale tmp/ files (a crash mid-delivery) go at start
+        self._start_deferred_writer()
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.ctx.tls.reload))
         self._banner()
+
+    def _start_deferred_writer(self) -> None:
+        """Every few seconds, in a pool thread, apply the index writes put off for closed indexes
+        (Store.apply_deferred): they reach the disk soon and their memory stays bounded."""
+        from twisted.internet import task
+        store = self.ctx.store
+        busy = [False]
+
+        def tick() -> None:
+            if busy[0]:
+                return
+            pending = store.deferred_writes()
+            # deliveries first: a burst (bench 7b) is not slowed by reopening indexes next to it
+            if not pending or (store.delivering and pending < DEFERRED_WRITE_BACKLOG):
+                return
+            busy[0] = True
+
+            def done(result: object) -> None:
+                busy[0] = False
+                if isinstance(result, Failure):
+                    log.failure("store: applying put-off index writes", result)
+            store.apply_deferred_in_thread().addBoth(done)
+        self._deferred_writer = task.LoopingCall(tick)
+        self._deferred_writer.clock = self.reactor
+        self._deferred_writer.start(DEFERRED_WRITE_INTERVAL, now=False)
 
     def _banner(self) -> None:
         assert self.ctx is not None
@@ -293,6 +298,9 @@ class MailService(service.MultiService):
         log.info("mailsuite {version} started (config: {source})", version=__version__, source=s.source)
 
     def stopService(self) -> defer.Deferred:
+        writer = getattr(self, "_deferred_writer", None)
+        if writer is not None and writer.running:
+            writer.stop()
         stopping = [defer.maybeDeferred(port.stopListening) for _n, _d, port in self.ports]
         self.ports = []
         done = defer.gatherResults(stopping + [defer.maybeDeferred(super().stopService)])

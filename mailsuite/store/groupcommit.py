@@ -39,6 +39,11 @@ class GroupCommit(Generic[J]):
         self.batches = 0
         self.jobs = 0
 
+    @property
+    def busy(self) -> bool:
+        """True while a batch runs or jobs wait."""
+        return self._inflight > 0 or bool(self._pending)
+
     def submit(self, job: J) -> defer.Deferred:
         """Queue ``job``; the Deferred fires with its result or fails with its exception."""
         d: defer.Deferred = defer.Deferred()

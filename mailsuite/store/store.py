@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ..memory import trim_malloc
 from . import dovecot
 from .errors import InvalidMailboxName, InvalidUser, MailboxExists, MailboxNotFound, StoreError
 from .dovecot import write_file_atomic
@@ -778,6 +779,53 @@ class Store:
                     dovecot.write_file_atomic(mb.dir / dovecot.KEYWORDS, dovecot.format_keywords(mb._kwtable))
             done.append(info.name)
         return done
+
+    # -- put-off index writes -------------------------------------------------------------------
+
+    def deferred_writes(self) -> int:
+        """Index writes put off for users whose index is closed (:meth:`UserIndex.defer`)."""
+        with self._lock:
+            states = list(self._users.values())
+        return sum(st._index.deferred for st in states if st._index is not None)
+
+    def apply_deferred(self, max_users: int = 200) -> int:
+        """Apply the put-off index writes of up to ``max_users`` users: reopen each index, write, close it
+        again (blocking: run it in a thread; the server does every few seconds, so put-off writes reach the
+        disk soon and their memory stays bounded).  A user busy in another thread is skipped.  Returns
+        how many users were done."""
+        with self._lock:
+            states = [st for st in self._users.values() if st._index is not None and st._index.deferred]
+        done = 0
+        for st in states[:max_users]:
+            if not st.lock.acquire(blocking=False):
+                continue
+            try:
+                idx = st._index
+                if idx is None or not idx.deferred:
+                    continue
+                was_open = idx.is_open
+                try:
+                    idx.db                        # applies them
+                except Exception:  # noqa: BLE001 - logged; the files are safe, a rescan indexes them
+                    log.failure("mailsuite store: applying put-off index writes of {user}", user=st.user)
+                    continue
+                if not was_open and idx.release():
+                    self._index_closed(st)
+                done += 1
+            finally:
+                st.lock.release()
+        if done:
+            trim_malloc()    # the closures and the SQLite connections just freed: give the pages back
+        return done
+
+    @property
+    def delivering(self) -> bool:
+        """True while deliveries are being written."""
+        return self._deliveries.busy
+
+    def apply_deferred_in_thread(self) -> defer.Deferred:
+        """:meth:`apply_deferred` through the store's runner (a pool thread in the server)."""
+        return self._runner(self.apply_deferred)
 
     def close(self) -> None:
         """Flush caches and close every index (the Store can be reopened with a new instance).  After a

@@ -191,3 +191,23 @@ def test_put_off_writes_go_first_when_the_index_is_used(root: Path) -> None:
         assert idx.db.execute("SELECT uid, flags FROM messages").fetchall() == [(1, "S")]
     finally:
         s.close()
+
+
+def test_apply_deferred_writes_them_and_closes_the_index_again(root: Path) -> None:
+    other = "bob@example.org"
+    s = Store(root, runner=inline_runner, max_open_indexes=1)
+    try:
+        s.create_user(USER)
+        s.create_user(other)
+        mb = s.mailbox(USER, "INBOX")
+        s.mailbox(other, "INBOX")
+        _deliver(s, 1, 2)
+        idx = s._state(USER)._index
+        assert s.deferred_writes() == 2 and not idx.is_open
+        assert result_of(s.apply_deferred_in_thread()) == 1
+        assert s.deferred_writes() == 0 and not idx.is_open   # written, and closed again
+        assert _rows(s.user_dir(USER)) == 2
+        assert [m.uid for m in mb.messages()] == [1, 2]
+        assert s.apply_deferred() == 0
+    finally:
+        s.close()
