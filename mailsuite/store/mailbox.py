@@ -306,6 +306,20 @@ class _MemoPool:
 _MEMOS = _MemoPool(_MEMO_BUDGET)
 
 
+
+class _Unsaved:
+    """Index writes of one folder put off while the user's index is closed (see ``Mailbox._put_off``):
+    new rows, UIDs whose \\Recent was claimed, moved files, and the latest folder fields."""
+
+    __slots__ = ("fid", "rows", "recent_cleared", "locations", "fields")
+
+    def __init__(self, fid: int) -> None:
+        self.fid = fid
+        self.rows: dict[int, tuple] = {}
+        self.recent_cleared: set[int] = set()
+        self.locations: dict[int, tuple] = {}
+        self.fields: dict[str, object] = {}
+
 class MailboxView(NamedTuple):
     """A snapshot of a folder for SELECT, shared by every session that selects it while nothing
     changes (building it is O(folder); reusing it is O(1)).  ``uids`` and ``infos`` must not be
@@ -361,6 +375,7 @@ class Mailbox:
         #: _first_scan), and the folder fields to write with the last of them.
         self._bulk_rows: list[MessageInfo] | None = None
         self._bulk_fields: dict[str, object] = {}
+        self._unsaved: _Unsaved | None = None
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -736,14 +751,32 @@ class Mailbox:
 
     # -- index writes -------------------------------------------------------------------------
 
-    def _persist(self, write: Callable[[], None]) -> None:
-        """Run ``write`` (the index writes of a change already made in memory) now if the user's index is
-        open, else when it is next used (:meth:`UserIndex.defer`): a delivery or a \\Recent claim must not
-        reopen an index the cache closed (bench 7b).  Caller holds the lock."""
-        if self._index.is_open:
-            write()
-        else:
-            self._index.defer(write)
+    def _put_off(self) -> _Unsaved:
+        """The put-off index writes of this folder, registered with :meth:`UserIndex.defer` when first
+        needed.  A delivery or a \\Recent claim for a user whose index the cache closed must not reopen it
+        (the reopen and the close that evicts it again cost fsyncs; bench 7b): the change is made in
+        memory and recorded here, compactly, until the index is next used.  Caller holds the lock."""
+        unsaved = self._unsaved
+        if unsaved is None:
+            unsaved = self._unsaved = _Unsaved(self.fid)
+            self._index.defer(self._write_unsaved)
+        return unsaved
+
+    def _write_unsaved(self) -> None:
+        """Apply what :meth:`_put_off` recorded (called by the index before anything else uses it)."""
+        unsaved, self._unsaved = self._unsaved, None
+        if unsaved is None:
+            return
+        fid = unsaved.fid
+        with self._txn():
+            if unsaved.rows:
+                self._index.insert_messages(fid, list(unsaved.rows.values()))
+            if unsaved.recent_cleared:
+                self._index.clear_recent(fid, sorted(unsaved.recent_cleared))
+            if unsaved.locations:
+                self._index.update_locations(fid, list(unsaved.locations.values()))
+            if unsaved.fields:
+                self._index.update_folder(fid, **unsaved.fields)
 
     @contextlib.contextmanager
     def _txn(self) -> Iterator[object]:
@@ -1090,17 +1123,19 @@ class Mailbox:
                 moved.append(m)
             self._msgs[u] = m._replace(recent=False)
         fields = self._own_end(before)
-        fid = self.fid
-        locations = [_location_row(m) for m in moved]
-
-        def write() -> None:
+        if self._index.is_open:
             with self._txn():
-                self._index.clear_recent(fid, uids)
-                if locations:
-                    self._index.update_locations(fid, locations)
+                self._index.clear_recent(self.fid, uids)
+                if moved:
+                    self._index.update_locations(self.fid, [_location_row(m) for m in moved])
                 if fields:
-                    self._index.update_folder(fid, **fields)
-        self._persist(write)
+                    self._index.update_folder(self.fid, **fields)
+        else:
+            unsaved = self._put_off()
+            unsaved.recent_cleared.update(uids)
+            for m in moved:
+                unsaved.locations[m.uid] = _location_row(m)
+            unsaved.fields.update(fields)
         return set(uids)
 
     # -- flags --------------------------------------------------------------------------------
@@ -1296,17 +1331,20 @@ class Mailbox:
                         written.subdir, written.filename, self._dir_str)
         fields = self._own_end(own) if own else {}
         fields.update(uidnext=uid + 1, highestmodseq=modseq)
-        fid = self.fid
-        if not self._index.is_open:
-            header = None   # the write is put off (_persist): keep no copy; it is read from the file if needed
-        row = (uid, base, m.subdir, m.suffix, _letters_of(flags), _keywords_text(kws), modseq, m.size,
-               m.internaldate, 1, header)
-
-        def write() -> None:
+        if self._index.is_open:
             with self._txn():
-                self._index.insert_messages(fid, [row])
-                self._index.update_folder(fid, **fields)
-        self._persist(write)
+                self._index.insert_messages(
+                    self.fid,
+                    [(uid, base, m.subdir, m.suffix, _letters_of(flags), _keywords_text(kws), modseq, m.size,
+                      m.internaldate, 1, header)],
+                )
+                self._index.update_folder(self.fid, **fields)
+        else:
+            # put off; no copy of the header is kept (it is read from the file when first needed)
+            unsaved = self._put_off()
+            unsaved.rows[uid] = (uid, base, m.subdir, m.suffix, _letters_of(flags), _keywords_text(kws),
+                                 modseq, m.size, m.internaldate, 1, None)
+            unsaved.fields.update(fields)
         self._msgs[uid] = m
         self._by_name[base] = uid
         self._total_size += m.size
