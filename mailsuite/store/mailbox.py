@@ -306,7 +306,6 @@ class _MemoPool:
 _MEMOS = _MemoPool(_MEMO_BUDGET)
 
 
-
 class _Unsaved:
     """Index writes of one folder put off while the user's index is closed (see ``Mailbox._put_off``):
     new rows, UIDs whose \\Recent was claimed, moved files, and the latest folder fields."""
@@ -319,6 +318,7 @@ class _Unsaved:
         self.recent_cleared: set[int] = set()
         self.locations: dict[int, tuple] = {}
         self.fields: dict[str, object] = {}
+
 
 class MailboxView(NamedTuple):
     """A snapshot of a folder for SELECT, shared by every session that selects it while nothing
@@ -906,6 +906,12 @@ class Mailbox:
                 first_unseen = i + 1
         view = self._view = MailboxView(stamp, uids, infos, frozenset(kws), first_unseen)
         return view
+
+    def forget_memos(self) -> None:
+        """Drop this folder's header memos from the process-wide pool (the folder is closed or gone)."""
+        for memo in self._memos.values():
+            _MEMOS.forget(memo)
+        self._memos.clear()
 
     def header_memo(self, key: tuple) -> HeaderMemo:
         """The folder's memo for data derived from message headers under ``key`` (the caller's name

@@ -154,6 +154,7 @@ class _UserState:
                 except Exception:  # noqa: BLE001 - closing must go on
                     log.failure("mailsuite store: flushing {mb}", mb=mb)
                 mb._gone = True
+                mb.forget_memos()
             self.mailboxes.clear()
             if self._index is not None:
                 self._index.close()
@@ -612,6 +613,7 @@ class Store:
             mb = st.mailboxes.pop(name, None)
             if mb is not None:
                 mb._gone = True
+                mb.forget_memos()
             # Rename first (atomic: readers never see a half-deleted folder), then remove.
             trash = st.dir / f"mailsuite-deleted-{uuid.uuid4().hex}"
             os.rename(fdir, trash)
@@ -651,6 +653,7 @@ class Store:
                 if mb is not None:
                     mb.flush()
                     mb._gone = True
+                    mb.forget_memos()
                 os.rename(st.dir / folder_dirname(n), st.dir / folder_dirname(target))
                 st.index.rename_folder(n, target)
             subs = self._read_subscriptions(st)

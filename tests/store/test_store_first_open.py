@@ -194,6 +194,8 @@ def test_select_view_is_shared_until_something_changes(store: Store) -> None:
 
 
 def test_header_memo_is_bounded_and_forgets_expunged(store: Store, monkeypatch) -> None:
+    # a pool of its own: the process-wide one holds other tests' memos, which would be evicted first
+    monkeypatch.setattr(mailbox_mod, "_MEMOS", mailbox_mod._MemoPool(mailbox_mod._MEMO_BUDGET))
     mb = store.mailbox(USER, "INBOX")
     for _ in range(3):
         mb.append(BODY)
