@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -130,3 +132,15 @@ def proc_status(pid: int) -> dict[str, int]:
             rss = int(line.split()[1])
     fds = len(os.listdir(f"/proc/{pid}/fd"))
     return {"rss_kb": rss, "fds": fds}
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20.0) -> object:
+    """Poll ``predicate`` until it returns something true (returned) or ``timeout`` seconds pass (then its
+    last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    return predicate()

@@ -21,7 +21,7 @@ import smtplib
 import ssl
 import time
 import uuid
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -29,6 +29,7 @@ from tests.relay.relay_support import FakeDNS, common_port
 from tests.server import MailServer
 
 from .fake_mx import FaultyMX
+from .support import wait_until
 
 REMOTE = "127.0.0.2"
 PASSWORD = "alice-relay-faults-pw"
@@ -89,16 +90,6 @@ class World:
 
     def queue_empty(self) -> bool:
         return not list((self.srv.data_dir / "queue").glob("*.json"))
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    return predicate()
 
 
 @pytest.fixture(scope="module")

@@ -29,21 +29,11 @@ from tests.relay.relay_support import FakeDNS, common_port
 from tests.server import MailServer
 
 from .fake_mx import FaultyMX
-from .support import LineClient, maildir_files
+from .support import LineClient, maildir_files, wait_until
 
 REMOTE = "127.0.0.2"
 PASSWORD = "alice-restart-pw"
 FILLER = b"".join(b"filler line %04d so the message spans a few TCP segments\r\n" % i for i in range(400))
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    return predicate()
 
 
 def submit_many(srv: MailServer, subjects: list[str]) -> None:
