@@ -181,6 +181,16 @@ def _name_size(base: str) -> int | None:
     return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
+def _file_size_date(path: str) -> tuple[int, float] | None:
+    """Size and mtime of a message file whose name gives no size; None if it vanished or is not a
+    regular file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime) if stat.S_ISREG(st.st_mode) else None
+
+
 def _window(mtime_ns: int) -> int:
     """Timestamp uncertainty of a directory mtime: 2 s on file systems with whole-second timestamps,
     else 0.1 s (covers coarse kernel clocks)."""
@@ -554,13 +564,10 @@ class Mailbox:
                 size = _name_size(base)
                 when = 0.0  # not known yet: learnt from the file on first use
                 if size is None:
-                    try:
-                        st = os.stat(f"{self._dir_str}/{sub}/{fn}")
-                    except FileNotFoundError:
+                    found = _file_size_date(f"{self._dir_str}/{sub}/{fn}")
+                    if found is None:
                         continue
-                    if not stat.S_ISREG(st.st_mode):
-                        continue
-                    size, when = st.st_size, st.st_mtime
+                    size, when = found
                 pre = imported.get(base, 0) if imported else 0
                 new_files.append((0 if pre else 1, pre, base, sub, fn, size, when))
             elif base in vanished:
@@ -696,13 +703,10 @@ class Mailbox:
                     size = int(digits)
             when = 0.0  # not known yet: learnt from the file on first use
             if size is None:
-                try:
-                    st = os.stat(f"{d}/{sub}/{fn}")
-                except FileNotFoundError:
+                found = _file_size_date(f"{d}/{sub}/{fn}")
+                if found is None:
                     continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                size, when = st.st_size, st.st_mtime
+                size, when = found
             suffix = fn[len(base):]
             b = bits.get(suffix)
             if b is None:

@@ -176,41 +176,10 @@ def write_message(
     ``cur/<unique>:2,<letters>``, fsync the directory.  Never overwrites: a name clash just picks a new
     name.  ``mtime`` sets the file's modification time (the INTERNALDATE on rebuild).  Blocking.
     """
-    subdir = "new" if letters is None else "cur"
-    suffix = "" if letters is None else make_suffix(letters)
-    for _attempt in range(100):
-        base = unique_base(len(data))
-        tmp_path = folder_dir / "tmp" / base
-        try:
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            continue
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if mtime is not None:
-                os.utime(fd, (mtime, mtime))
-            os.fsync(fd)
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(tmp_path)
-            except OSError:
-                pass
-            raise
-        os.close(fd)
-        filename = base + suffix
-        try:
-            link_no_clobber(tmp_path, folder_dir / subdir / filename)
-        except FileExistsError:
-            os.unlink(tmp_path)
-            continue
-        fsync_dir(folder_dir / subdir)
-        return WrittenMessage(filename, subdir, st.st_size, st.st_mtime)
-    raise OSError(errno.EEXIST, "could not find a unique Maildir file name", str(folder_dir))
+    result = write_messages([(folder_dir, data, letters, mtime)])[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _discard(fd: int | None, path: str) -> None:
@@ -222,10 +191,12 @@ def _discard(fd: int | None, path: str) -> None:
         pass
 
 
-def write_messages(jobs: list[tuple[Path, bytes, str | None]]) -> list[WrittenMessage | BaseException]:
+def write_messages(
+    jobs: list[tuple[Path, bytes, str | None, float | None]],
+) -> list[WrittenMessage | BaseException]:
     """:func:`write_message` for several messages at once, sharing the disk flushes (group commit).
 
-    ``jobs`` are ``(folder_dir, data, letters)``.  Phases: write every tmp/ file; fsync each (on ext4 the first
+    ``jobs`` are ``(folder_dir, data, letters, mtime)``.  Phases: write every tmp/ file; fsync each (on ext4 the first
     fsync's journal commit carries the others' data, so the rest are cheap); link each into ``new/`` or
     ``cur/``; fsync each directory once.  One result per job, in order: the :class:`WrittenMessage`, or the
     exception that job met (the other jobs go on).  A job whose directory fsync fails is unlinked again, so
@@ -233,7 +204,7 @@ def write_messages(jobs: list[tuple[Path, bytes, str | None]]) -> list[WrittenMe
     """
     results: list[WrittenMessage | BaseException | None] = [None] * len(jobs)
     open_files: list[tuple[int, int, str]] = []              # (job, fd, tmp path)
-    for i, (folder_dir, data, _letters) in enumerate(jobs):
+    for i, (folder_dir, data, _letters, mtime) in enumerate(jobs):
         tmp_dir = f"{os.fspath(folder_dir)}/tmp/"
         fd = None
         path = ""
@@ -250,6 +221,8 @@ def write_messages(jobs: list[tuple[Path, bytes, str | None]]) -> list[WrittenMe
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
             open_files.append((i, fd, path))
         except BaseException as e:  # noqa: BLE001 - reported for this job only
             if fd is not None:
@@ -268,7 +241,7 @@ def write_messages(jobs: list[tuple[Path, bytes, str | None]]) -> list[WrittenMe
         synced.append((i, path, st))
     by_dir: dict[str, list[tuple[int, str]]] = {}
     for i, path, st in synced:
-        folder_dir, _data, letters = jobs[i]
+        folder_dir, _data, letters, _mtime = jobs[i]
         subdir = "new" if letters is None else "cur"
         suffix = "" if letters is None else make_suffix(letters)
         target_dir = f"{os.fspath(folder_dir)}/{subdir}"

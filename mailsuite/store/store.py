@@ -336,14 +336,14 @@ class Store:
     def _write_deliveries(self, jobs: list[tuple[str, bytes, str, str]]) -> list[Any]:
         """File work of a group of deliveries (one thread task; see :mod:`.groupcommit`)."""
         results: list[Any] = [None] * len(jobs)
-        prepared: list[tuple[int, str, tuple[Path, bytes, str | None]]] = []
+        prepared: list[tuple[int, str, tuple[Path, bytes, str | None, None]]] = []
         for i, (user, data, folder, flags) in enumerate(jobs):
             try:
                 name, fdir, data, letters = self._prepare_delivery(user, data, folder, flags)
             except BaseException as e:  # noqa: BLE001 - this delivery fails, the others go on
                 results[i] = e
                 continue
-            prepared.append((i, name, (fdir, data, letters)))
+            prepared.append((i, name, (fdir, data, letters, None)))
         written = write_messages([job for _i, _n, job in prepared])
         for (i, name, job), result in zip(prepared, written, strict=True):
             if isinstance(result, BaseException):

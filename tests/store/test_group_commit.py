@@ -92,13 +92,14 @@ def test_write_messages_batch(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     make_maildir(a, subfolder=False)
     make_maildir(b, subfolder=False)
-    jobs = [(a, b"one\r\n", None), (tmp_path / "missing", b"lost\r\n", None), (b, b"two\r\n", "SF"),
-            (a, b"three\r\n", None)]
+    jobs = [(a, b"one\r\n", None, None), (tmp_path / "missing", b"lost\r\n", None, None),
+            (b, b"two\r\n", "SF", 1_000_000_000.0), (a, b"three\r\n", None, None)]
     results = write_messages(jobs)
     assert isinstance(results[1], OSError)
     ok = [r for r in results if isinstance(r, WrittenMessage)]
     assert len(ok) == 3
     assert results[2].subdir == "cur" and results[2].filename.endswith(":2,FS")
+    assert results[2].mtime == 1_000_000_000.0
     assert (b / "cur" / results[2].filename).read_bytes() == b"two\r\n"
     assert sorted((a / "new" / r.filename).read_bytes() for r in (results[0], results[3])) == [
         b"one\r\n", b"three\r\n"]
