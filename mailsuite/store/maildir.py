@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ INFO_SEP = ":2,"
 STALE_TMP_SECONDS = 36 * 3600
 
 _counter = itertools.count(1)
+_name_lock = threading.Lock()
+_last_usec = 0
 _SIZE_RE = re.compile(r",S=(\d+)")
 
 
@@ -112,10 +115,16 @@ def unique_base(size: int) -> str:
     """A new unique base name: ``<sec>.M<usec>P<pid>Q<counter>.<host>,S=<size>``.
 
     Unique across threads (the counter) and processes (the pid); creation uses O_EXCL anyway.
+    Names sort (as strings) in the order they were made: ``<usec>`` has six digits and the time
+    never repeats or goes back within the process.  A folder's first scan hands out UIDs in name
+    order, and RFC 3501 §2.3.1.1 wants UIDs ascending in arrival order.
     """
-    now = time.time_ns() // 1000
+    global _last_usec
+    with _name_lock:
+        now = max(time.time_ns() // 1000, _last_usec + 1)
+        _last_usec = now
     sec, usec = divmod(now, 1_000_000)
-    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{_HOST},S={size}"
+    return f"{sec}.M{usec:06d}P{os.getpid()}Q{next(_counter)}.{_HOST},S={size}"
 
 
 def make_suffix(letters: str) -> str:

@@ -34,6 +34,18 @@ def test_unique_base_format() -> None:
     assert size_from_base(base) == 123
 
 
+def test_unique_base_sorts_in_creation_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first scan hands out UIDs in name order (RFC 3501 §2.3.1.1: ascending in arrival order), so
+    names made later sort later even when the clock's microseconds gain a digit or stand still.
+    (The CI failure this guards against: ``M99999`` sorted after ``M100000``.)"""
+    clock = iter([1_700_000_000_099_999_000, 1_700_000_000_100_000_000, 1_700_000_000_100_000_000,
+                  1_700_000_000_000_000_000, 1_700_000_001_000_005_000])
+    monkeypatch.setattr("mailsuite.store.maildir.time.time_ns", lambda: next(clock))
+    monkeypatch.setattr("mailsuite.store.maildir._last_usec", 0)
+    made = [unique_base(1) for _ in range(5)]
+    assert sorted(made) == made and len(set(made)) == 5
+
+
 def test_split_and_suffix() -> None:
     assert split_filename("a.b,S=5:2,FS") == ("a.b,S=5", ":2,FS")
     assert split_filename("a.b") == ("a.b", "")
