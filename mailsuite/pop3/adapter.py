@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from ..fastwrite import write_now
 from ..limits import PerIPCounter, is_loopback
 from .dotstuff import DotStuffer
 from .engine import (Authenticate, Close, CommitDeletions, EngineConfig, Event, OpenMaildrop, Pop3Engine, Reply,
@@ -224,7 +225,7 @@ class Pop3Protocol(Protocol, TimeoutMixin):
     def _run(self, event: Event) -> None:
         assert self.engine is not None
         if isinstance(event, Reply):
-            self.transport.write(event.data)
+            write_now(self.transport, event.data)
         elif isinstance(event, StartTLS):
             # RFC 2595 §4: the engine has dropped everything the client sent after STLS
             self.transport.startTLS(self.ctx.tls.server_options())
@@ -335,11 +336,12 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         # RFC 1939 §5 RETR / §7 TOP: dot-stuffed; a message that fits in one read goes out in one write
         if len(first) < CHUNK or stuffer.done:
             handle.close()
-            self.transport.writeSequence([event.ok_line, data, stuffer.finish()])
+            # sent at once when the socket is idle (mailsuite/fastwrite.py: no reactor round per message)
+            write_now(self.transport, b"".join((event.ok_line, data, stuffer.finish())))
             self._message_done(event)
             return
         # a bigger one is streamed (no whole copy in memory), one chunk each time the transport drained
-        self.transport.writeSequence([event.ok_line, data])
+        write_now(self.transport, event.ok_line + data)
         self._gate_off()
         self._sender = _MessageSender(self.transport, handle, stuffer, self.resetTimeout)
 
