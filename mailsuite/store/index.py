@@ -99,11 +99,11 @@ class UserIndex:
     """The SQLite index of one user.  Opening never fails on a bad database: it is rebuilt."""
 
     def __init__(
-        self, user_dir: Path, on_open: Callable[[UserIndex], object] | None = None, epoch: int = 0
+        self, user_dir: Path | str, on_open: Callable[[UserIndex], object] | None = None, epoch: int = 0
     ) -> None:
-        self.user_dir = user_dir
-        self.path = user_dir / INDEX_FILE
-        self._uidvalidity_path = user_dir / UIDVALIDITY_FILE
+        #: The user's directory, a string: one index object per user stays for the process's life
+        #: (bench 7a), a Path would cost three objects more; ``path`` etc. make Paths on demand.
+        self._dir = os.fspath(user_dir)
         #: True when this open created a fresh database (first use, or after loss/corruption).
         self.fresh = False
         #: Called after the connection is (re)opened, e.g. to evict other users' connections.
@@ -111,10 +111,23 @@ class UserIndex:
         #: Logical time of the last use of the connection (for least-recently-used eviction).
         self.last_used = next(_use_clock)
         #: Writes put off while the connection was closed (:meth:`defer`), oldest first.
-        self._deferred: list[Callable[[], object]] = []
+        self._deferred: list[Callable[[], object]] | tuple[()] = ()  # a list once something is put off
         self._flushing = False
         self._db: sqlite3.Connection | None = self._open()
         self._sync_epoch(epoch)
+
+    @property
+    def user_dir(self) -> Path:
+        return Path(self._dir)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return Path(self._dir, INDEX_FILE)
+
+    @property
+    def _uidvalidity_path(self) -> Path:
+        return Path(self._dir, UIDVALIDITY_FILE)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -134,7 +147,10 @@ class UserIndex:
         it cost fsyncs (WAL header, checkpoint): bench 7b delivers one message to each of 2000 users, far
         more than the open indexes kept.  A crash before the write loses only what the crash epoch
         covers anyway (:meth:`_sync_epoch`); :meth:`close` applies what is pending."""
-        self._deferred.append(write)
+        if self._deferred:
+            self._deferred.append(write)  # type: ignore[union-attr]
+        else:
+            self._deferred = [write]
 
     @property
     def deferred(self) -> int:
@@ -144,7 +160,7 @@ class UserIndex:
     def _flush_deferred(self, db: sqlite3.Connection) -> None:
         self._flushing = True
         try:
-            writes, self._deferred = self._deferred, []
+            writes, self._deferred = self._deferred, ()
             with self.transaction():
                 for write in writes:
                     try:

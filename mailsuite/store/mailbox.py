@@ -12,6 +12,7 @@ mtime to be sure nothing changed after it within the file system's timestamp gra
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import gc
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from twisted.logger import Logger
+from twisted.python import threadable
 
 from . import dovecot
 from .errors import MailboxNotFound, MessageNotFound, StoreError
@@ -54,6 +56,14 @@ __all__ = ["Mailbox", "MailboxView", "MessageInfo", "normalize_flags", "validate
 log = Logger()
 
 EMPTY: frozenset[str] = frozenset()
+#: Stand-in for a folder's dict while it is empty (most folders of idle sessions): shared, so never
+#: written; a folder makes a dict of its own for its first entry.
+_VACANT: dict = {}
+#: The keyword table of folders without keywords (shared, never written: a new keyword makes a new table).
+_NO_KEYWORDS: list[str | None] = []
+#: Suffix cache shared by the folders without keywords (their suffixes decode alike); bounded.
+_PLAIN_SUFFIXES: dict = {}
+_PLAIN_SUFFIXES_MAX = 4096
 _SUBDIRS = ("new", "cur")
 _NS = 1_000_000_000
 #: How many fetched headers to keep before writing them to the index in one transaction.
@@ -133,14 +143,19 @@ def _keywords_text(keywords: frozenset[str]) -> str:
 @contextlib.contextmanager
 def _no_gc() -> Iterator[None]:
     """No cyclic garbage collection while a big folder's objects are built (they hold no cycles; the
-    collector would otherwise walk the growing heap again and again)."""
+    collector would otherwise walk the growing heap again and again).  On the reactor thread the
+    collector comes back after this turn's answer is written: the first allocation after
+    ``gc.enable()`` runs the collection that was put off, a walk over all the new objects."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
-            gc.enable()
+            if _reactor_running() and threadable.isInIOThread():
+                _call_later(gc.enable)
+            else:
+                gc.enable()
 
 
 def _reactor_running() -> bool:
@@ -168,6 +183,33 @@ def _list_files(subdir: str) -> set[str]:
     ``stat``): symbolic links never count as messages (DESIGN §4), nor do directories or devices."""
     with os.scandir(subdir) as entries:
         return {e.name for e in entries if e.is_file(follow_symlinks=False)}
+
+
+def _list_names(subdir: str) -> list[str]:
+    """:func:`_list_files` as a list (the first scan sorts it)."""
+    with os.scandir(subdir) as entries:
+        return [e.name for e in entries if e.is_file(follow_symlinks=False)]
+
+
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+_THIRD = operator.itemgetter(2)
+_SUBDIR_OF = ("cur", "new").__getitem__  # by "is in new/"
+_UID_FIELD = operator.itemgetter(0)  # MessageInfo.uid
+_FLAGS_FIELD = operator.itemgetter(2)  # MessageInfo.flags
+_KEYWORDS_FIELD = operator.itemgetter(3)  # MessageInfo.keywords
+
+
+def _bases(names: list[str]) -> list[str]:
+    """The base names (before the first ``:``) of file names, in C loops (no Python frame per name)."""
+    return list(map(_FIRST, map(str.partition, names, itertools.repeat(":"))))
+
+
+def _size_digits(bases: list[str]) -> list[str]:
+    """What :func:`_name_size` parses in each base name: the text after the first ``,S=`` up to the next
+    ``,`` (``""`` when there is no ``,S=``), in C loops."""
+    tails = map(_THIRD, map(str.partition, bases, itertools.repeat(",S=")))
+    return list(map(_FIRST, map(str.partition, tails, itertools.repeat(","))))
 
 
 def _name_size(base: str) -> int | None:
@@ -201,6 +243,38 @@ def _settled(mtime_ns: int, scanned_ns: int) -> bool:
     """Was the scan (time taken before listing) late enough after the mtime that any later change
     must have moved the mtime?"""
     return scanned_ns - mtime_ns >= _window(mtime_ns)
+
+
+def _first_scan_order(cur: list[str], new: list[str]) -> tuple[list[str], list[str], list[bool] | None]:
+    """The files of a folder's first scan in UID order: (file names, their base names, in ``new/`` or
+    not; None when ``new/`` has none).  Base name order (Maildir names start with the delivery time);
+    a base present in both ``cur/`` and ``new/`` is taken from ``cur/``; dot files are not messages.
+
+    Sorting the file names gives base name order unless a base is a prefix of another (``:`` sorts
+    after ``,``) or a base is there twice; the bases are checked to be strictly ascending, and only
+    otherwise sorted one by one."""
+    new_set: set[str] | None = None
+    if new:
+        cur_bases = set(_bases(cur))
+        new_bases = _bases(new)
+        if not cur_bases.isdisjoint(new_bases):
+            new = list(itertools.compress(new, map(operator.not_, map(cur_bases.__contains__, new_bases))))
+        names = cur + new
+        new_set = set(new)
+    else:
+        names = cur  # ours: sorted in place
+    names.sort()
+    lo = bisect.bisect_left(names, ".")  # names starting with "." sort together: [".", "/")
+    hi = bisect.bisect_left(names, "/", lo)
+    if lo < hi:
+        del names[lo:hi]
+    bases = _bases(names)
+    if not all(map(operator.lt, bases, itertools.islice(bases, 1, None))):
+        chosen = dict(zip(bases, names))  # one file per base (a copy made outside is ignored)
+        bases = sorted(chosen)
+        names = list(map(chosen.__getitem__, bases))
+    in_new = list(map(new_set.__contains__, names)) if new_set else None
+    return names, bases, in_new
 
 
 class MessageInfo(NamedTuple):
@@ -318,16 +392,25 @@ _MEMOS = _MemoPool(_MEMO_BUDGET)
 
 class _Unsaved:
     """Index writes of one folder put off while the user's index is closed (see ``Mailbox._put_off``):
-    new rows, UIDs whose \\Recent was claimed, moved files, and the latest folder fields."""
+    the UIDs of new messages (``first_new`` up to UIDNEXT; 0: none), the UIDs whose \\Recent was claimed
+    (their files maybe moved to ``cur/``), and the latest folder fields.  No copy of the rows: they are
+    written from the folder's messages, which nothing changes before they are written (any other change
+    of the folder is an index transaction, and the index applies what is put off first)."""
 
-    __slots__ = ("fid", "rows", "recent_cleared", "locations", "fields")
+    __slots__ = ("fid", "first_new", "claimed", "fields")
 
     def __init__(self, fid: int) -> None:
         self.fid = fid
-        self.rows: dict[int, tuple] = {}
-        self.recent_cleared: set[int] = set()
-        self.locations: dict[int, tuple] = {}
-        self.fields: dict[str, object] = {}
+        self.first_new = 0
+        self.claimed: list[int] | None = None
+        self.fields: dict[str, object] | None = None
+
+    def note_fields(self, fields: dict[str, object]) -> None:
+        if fields:
+            if self.fields is None:
+                self.fields = dict(fields)
+            else:
+                self.fields.update(fields)
 
 
 class MailboxView(NamedTuple):
@@ -350,48 +433,75 @@ class Mailbox:
     thread-safe (one lock per user) but are meant for the reactor thread.  Outside changes become
     visible only through :meth:`sync`, so a session decides when to look (RFC 3501 §7.4.1 allows
     EXPUNGE responses only at certain times).
+
+    One per open folder of every user (bench 7a: 2000 idle sessions), hence ``__slots__``, the folder
+    directory kept as a string, and empty dicts/sets shared (:data:`_VACANT`, :data:`EMPTY`) until used.
     """
 
-    def __init__(self, user: _UserState, name: str, folder_dir: Path) -> None:
+    __slots__ = (
+        "_user", "_index", "_lock", "name", "_dir_str", "_msgs", "_by_name", "_gone", "_pending_headers",
+        "_pending_dates", "_total_size", "fid", "uidvalidity", "uidnext", "highestmodseq", "_kwtable",
+        "_kwletter", "_suffix_cache", "_state", "_recent", "_gen", "_view", "_memos", "_bulk_rows",
+        "_bulk_fields", "_unsaved",
+        "__dict__",  # made only if something sets another attribute (tests wrap methods of an instance)
+    )
+
+    def __init__(self, user: _UserState, name: str, folder_dir: Path | str) -> None:
         self._user = user
         self._index: UserIndex = user.index
         self._lock: threading.RLock = user.lock
         self.name = name
-        self.dir = folder_dir
-        self._dir_str = str(folder_dir)
+        self._dir_str = os.fspath(folder_dir)
         self._msgs: dict[int, MessageInfo] = {}
         self._by_name: dict[str, int] = {}
         self._gone = False
-        self._pending_headers: dict[int, bytes] = {}
+        self._pending_headers: dict[int, bytes] = _VACANT
         #: uid -> (internaldate, size) learnt from files, written to the index with the next transaction
-        self._pending_dates: dict[int, tuple[float, int]] = {}
+        self._pending_dates: dict[int, tuple[float, int]] = _VACANT
         self._total_size = 0
         self.fid = 0
         self.uidvalidity = 0
         self.uidnext = 1
         self.highestmodseq = 1
-        self._kwtable: list[str | None] = []
-        self._kwletter: dict[str, str] = {}
+        self._kwtable: list[str | None] = _NO_KEYWORDS
+        self._kwletter: dict[str, str] = _VACANT
         #: suffix -> (flags, keywords) and (flags, keywords, old letters) -> letters; depends on _kwtable
-        self._suffix_cache: dict = {}
+        self._suffix_cache: dict = _PLAIN_SUFFIXES
         self._state: dict[str, tuple[int, int]] = {"new": (0, 0), "cur": (0, 0)}
-        #: UIDs still \Recent (not claimed by any session): claim_recent is O(claimed), not O(folder)
-        self._recent: set[int] = set()
+        #: UIDs still \Recent (not claimed by any session): claim_recent is O(claimed), not O(folder);
+        #: EMPTY when there are none
+        self._recent: set[int] | frozenset[int] = EMPTY  # type: ignore[assignment]
         #: Bumped by changes that move neither HIGHESTMODSEQ nor UIDNEXT (a size corrected from the file)
         self._gen = 0
+        #: The last SELECT snapshot; dropped when the folder changes (sessions hold their own copies then)
         self._view: MailboxView | None = None
-        self._memos: dict[tuple, HeaderMemo] = {}  # in the process-wide pool _MEMOS
+        self._memos: dict[tuple, HeaderMemo] = _VACANT  # in the process-wide pool _MEMOS
         #: Messages of a big first scan (as found) whose index rows are not written yet (see
         #: _first_scan), and the folder fields to write with the last of them.
         self._bulk_rows: list[MessageInfo] | None = None
-        self._bulk_fields: dict[str, object] = {}
+        self._bulk_fields: dict[str, object] = _VACANT
         self._unsaved: _Unsaved | None = None
+
+    @property
+    def dir(self) -> Path:
+        """The folder's directory (made on demand: the folder keeps it as a string)."""
+        return Path(self._dir_str)
+
+    def _add_recent(self, uid: int) -> None:
+        if self._recent:
+            self._recent.add(uid)  # type: ignore[union-attr]
+        else:
+            self._recent = {uid}
+
+    def _drop_recent(self, uid: int) -> None:
+        if uid in self._recent:
+            self._recent.discard(uid)  # type: ignore[union-attr]
 
     # -- opening ------------------------------------------------------------------------------
 
     def _open(self) -> None:
         """Load from the index, or build the folder's index on its first open.  Caller holds the lock."""
-        clean_tmp(self.dir)
+        clean_tmp(Path(self._dir_str))
         row = self._index.get_folder(self.name)
         if row is None:
             self._first_open()
@@ -402,7 +512,7 @@ class Mailbox:
         msgs = self._msgs
         by_name = self._by_name
         total = 0
-        recent_uids = self._recent
+        recent_uids: list[int] = []
         with _no_gc():  # 100k+ new objects: no collections of a growing heap while they are made
             for uid, name, subdir, suffix, flags, kw, modseq, size, idate, recent in self._index.load_messages(self.fid):
                 msgs[uid] = make(uid, name, _flags_of(flags), _keywords_of(kw) if kw else EMPTY, modseq, size, idate,
@@ -410,8 +520,10 @@ class Mailbox:
                 by_name[name] = uid
                 total += size
                 if recent:
-                    recent_uids.add(uid)
+                    recent_uids.append(uid)
         self._total_size = total
+        if recent_uids:
+            self._recent = set(recent_uids)
         self._sync_locked()
 
     def _apply_row(self, row: FolderRow) -> None:
@@ -423,14 +535,21 @@ class Mailbox:
         self._state = {"new": (row.new_mtime, row.new_scanned), "cur": (row.cur_mtime, row.cur_scanned)}
 
     def _set_kwtable(self, table: list[str | None]) -> None:
-        self._suffix_cache = {}
-        self._kwtable = list(table)
-        self._kwletter = {k: chr(ord("a") + i) for i, k in enumerate(self._kwtable) if k}
+        """Take a keyword table (never changed in place later: a new keyword makes a new one)."""
+        if any(table):
+            self._suffix_cache = {}
+            self._kwtable = list(table)
+            self._kwletter = {k: chr(ord("a") + i) for i, k in enumerate(self._kwtable) if k}
+        else:  # no keywords: suffixes decode as in every such folder
+            self._suffix_cache = _PLAIN_SUFFIXES
+            self._kwtable = list(table) if table else _NO_KEYWORDS
+            self._kwletter = _VACANT
 
     def _first_open(self) -> None:
         """First open (or index rebuild): import Dovecot's UIDs if present, then scan everything."""
-        uidlist = dovecot.read_uidlist(self.dir)
-        kwtable = dovecot.read_keywords(self.dir)
+        folder = Path(self._dir_str)
+        uidlist = dovecot.read_uidlist(folder)
+        kwtable = dovecot.read_keywords(folder)
         if uidlist is not None:
             uidvalidity, uidnext = uidlist.uidvalidity, uidlist.nextuid
             self._index.note_uidvalidity(uidvalidity)
@@ -443,9 +562,9 @@ class Mailbox:
             # Import once: re-importing later (after an index loss) could give an old UID to a
             # different message under the same UIDVALIDITY.
             try:
-                os.replace(self.dir / dovecot.UIDLIST, self.dir / (dovecot.UIDLIST + ".mailsuite-imported"))
+                os.replace(folder / dovecot.UIDLIST, folder / (dovecot.UIDLIST + ".mailsuite-imported"))
             except OSError as e:
-                log.warn("mailsuite store: could not rename {p}: {e}", p=str(self.dir / dovecot.UIDLIST), e=e)
+                log.warn("mailsuite store: could not rename {p}: {e}", p=str(folder / dovecot.UIDLIST), e=e)
 
     # -- sync ---------------------------------------------------------------------------------
 
@@ -456,14 +575,15 @@ class Mailbox:
     def _stat_subdirs(self) -> dict[str, int]:
         out = {}
         for sub in _SUBDIRS:
+            path = f"{self._dir_str}/{sub}"
             try:
-                out[sub] = os.stat(self.dir / sub).st_mtime_ns
+                out[sub] = os.stat(path).st_mtime_ns
             except FileNotFoundError:
-                if not self.dir.is_dir():
+                if not os.path.isdir(self._dir_str):
                     self._gone = True
                     raise MailboxNotFound(self.name) from None
-                make_maildir(self.dir, subfolder=self.name != "INBOX")
-                out[sub] = os.stat(self.dir / sub).st_mtime_ns
+                make_maildir(Path(self._dir_str), subfolder=self.name != "INBOX")
+                out[sub] = os.stat(path).st_mtime_ns
         return out
 
     def _needs_scan(self, sub: str, mtime_ns: int, now_ns: int) -> bool:
@@ -501,6 +621,8 @@ class Mailbox:
         """Flags and keywords named by a file's info letters (keywords without a letter are kept)."""
         cached = self._suffix_cache.get(suffix)
         if cached is None:
+            if len(self._suffix_cache) >= _PLAIN_SUFFIXES_MAX:
+                self._suffix_cache.clear()  # a cache: names made by odd tools must not grow it forever
             letters = info_letters(suffix)
             table = self._kwtable
             kws = frozenset(
@@ -526,16 +648,18 @@ class Mailbox:
         """
         files: dict[str, set[str]] = {}
         states: dict[str, tuple[int, int]] = {}
+        whole = first and not imported and not self._msgs and len(subs) == 2
         for sub in ("new", "cur"):
             if sub in subs:
                 scanned = time.time_ns()
                 path = os.path.join(self._dir_str, sub)
                 mtime = os.stat(path).st_mtime_ns  # before listing: a change during it moves the mtime
-                files[sub] = _list_files(path)      # symlinks are never messages (DESIGN §4)
+                # symlinks are never messages (DESIGN §4)
+                files[sub] = _list_names(path) if whole else _list_files(path)  # type: ignore[assignment]
                 states[sub] = (mtime, scanned)
-        if first and not imported and not self._msgs and len(files) == 2:
+        if whole:
             with _no_gc():
-                return self._first_scan(files, states)
+                return self._first_scan(files, states)  # type: ignore[arg-type]
         known: dict[str, set[str]] = {sub: set() for sub in files}
         if len(files) == 2:
             for m in self._msgs.values():
@@ -638,7 +762,7 @@ class Mailbox:
             by_name.pop(m.name, None)
             self._total_size -= m.size
             self._pending_headers.pop(uid, None)
-            self._recent.discard(uid)
+            self._drop_recent(uid)
             for memo in self._memos.values():
                 memo.discard(uid)
         for m in relocated:
@@ -654,104 +778,94 @@ class Mailbox:
                 by_name[m.name] = m.uid
                 self._total_size += m.size
                 if m.recent:
-                    self._recent.add(m.uid)
+                    self._add_recent(m.uid)
         self.uidnext = uidnext
         self.highestmodseq = highest
         self._state.update(states)
+        self._view = None
         return changed
 
-    def _first_scan(self, files: dict[str, set[str]], states: dict[str, tuple[int, int]]) -> bool:
+    def _first_scan(self, files: dict[str, list[str]], states: dict[str, tuple[int, int]]) -> bool:
         """:meth:`_rescan` of a folder its index knows nothing about (first open without
         ``dovecot-uidlist``): every file is new.  The same result as the general path (UIDs in base
-        name order, ``cur/`` winning over ``new/``, recent = in ``new/``) in one pass, with one
-        ``executemany`` for the index rows: this is the first SELECT of a big folder.  From
-        :data:`_BULK_DEFER` messages on (with a running reactor) the rows are written after the answer,
-        in the store's thread pool (:meth:`_write_bulk_rows`); UIDNEXT is committed at once."""
-        cur: dict[str, str] = {}
-        for fn in files["cur"]:
-            if fn[0] != ".":
-                cur[fn.split(":", 1)[0]] = fn
-        new_: dict[str, str] = {}
-        for fn in files["new"]:  # "cur" wins for a base present in both
-            if fn[0] != ".":
-                base = fn.split(":", 1)[0]
-                if base not in cur:
-                    new_[base] = fn
-        modseq = self.highestmodseq + 1
-        uid = first_uid = self.uidnext
-        fid = self.fid
+        name order, ``cur/`` winning over ``new/``, recent = in ``new/``), built column by column in C
+        loops (``map``/``zip``: no Python frame per message), with one ``executemany`` for the index
+        rows: this is the first SELECT of a big folder.  From :data:`_BULK_DEFER` messages on (with a
+        running reactor) the rows are written after the answer, in the store's thread pool
+        (:meth:`_write_bulk_rows`); UIDNEXT is committed at once."""
+        names, bases, in_new = _first_scan_order(files["cur"], files["new"])
         d = self._dir_str
-        new = tuple.__new__
-        info = MessageInfo
-        bits: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
-        msgs: dict[int, MessageInfo] = {}
-        by_name: dict[str, int] = {}
-        recent = self._recent
-        total = 0
-        for base in sorted(cur.keys() | new_.keys()) if new_ else sorted(cur):
-            fn = cur.get(base)  # type: ignore[assignment]
-            if fn is None:
-                fn, sub, is_new = new_[base], "new", True
-            else:
-                sub, is_new = "cur", False
-            size = None  # from ",S=<size>" (as _name_size, inline: this loop runs once per message)
-            i = base.find(",S=")
-            if i >= 0:
-                j = base.find(",", i + 3)
-                digits = base[i + 3 : j] if j >= 0 else base[i + 3 :]
-                if digits.isdigit() and digits.isascii():
-                    size = int(digits)
-            when = 0.0  # not known yet: learnt from the file on first use
-            if size is None:
-                found = _file_size_date(f"{d}/{sub}/{fn}")
-                if found is None:
+        digits = _size_digits(bases)
+        dates: Iterable[float] = itertools.repeat(0.0)  # not known yet: learnt from the file on first use
+        if all(map(str.isdigit, digits)) and all(map(str.isascii, digits)):
+            sizes = list(map(int, digits))
+        else:  # names without a usable ",S=": a stat each (as _name_size / _file_size_date)
+            sizes, dates, keep = [], [], []
+            for i, text in enumerate(digits):
+                if text.isdigit() and text.isascii():
+                    sizes.append(int(text))
+                    dates.append(0.0)
+                    keep.append(True)
                     continue
-                size, when = found
-            suffix = fn[len(base):]
-            b = bits.get(suffix)
-            if b is None:
-                b = bits[suffix] = self._decode_suffix(suffix)
-            msgs[uid] = new(info, (uid, base, b[0], b[1], modseq, size, when, is_new, sub, fn, d))
-            by_name[base] = uid
-            total += size
-            if is_new:
-                recent.add(uid)
-            uid += 1
-        fields: dict[str, object] = {"uidnext": uid, "highestmodseq": modseq if msgs else self.highestmodseq}
+                found = _file_size_date(f"{d}/{_SUBDIR_OF(bool(in_new and in_new[i]))}/{names[i]}")
+                keep.append(found is not None)
+                if found is not None:
+                    sizes.append(found[0])
+                    dates.append(found[1])
+            if not all(keep):  # vanished meanwhile
+                names = list(itertools.compress(names, keep))
+                bases = list(itertools.compress(bases, keep))
+                in_new = list(itertools.compress(in_new, keep)) if in_new else in_new
+        n = len(names)
+        suffixes = list(map(str.removeprefix, names, bases))
+        decoded = {suffix: self._decode_suffix(suffix) for suffix in set(suffixes)}
+        pairs = list(map(decoded.__getitem__, suffixes))
+        del suffixes
+        modseq = self.highestmodseq + 1
+        first_uid = self.uidnext
+        uids = range(first_uid, first_uid + n)
+        rep = itertools.repeat
+        infos: list[MessageInfo] = list(map(tuple.__new__, rep(MessageInfo), zip(
+            uids, bases, map(_FIRST, pairs), map(_SECOND, pairs), rep(modseq), sizes, dates,
+            in_new if in_new else rep(False), map(_SUBDIR_OF, in_new) if in_new else rep("cur"), names, rep(d),
+        )))
+        del pairs
+        msgs = dict(zip(uids, infos))
+        uid = first_uid + n
+        fields: dict[str, object] = {"uidnext": uid, "highestmodseq": modseq if n else self.highestmodseq}
         scan_fields: dict[str, object] = {}
         for sub, (mt, sc) in states.items():
             scan_fields[f"{sub}_mtime"] = mt
             scan_fields[f"{sub}_scanned"] = sc
         idx = self._index
-        defer = len(msgs) >= _BULK_DEFER and _reactor_running()
+        fid = self.fid
+        defer = n >= _BULK_DEFER and _reactor_running()
         # more new UIDs than a crash epoch skips: this commit must survive a power cut (index.CRASH_UID_GAP)
-        sync = idx.full_sync() if uid - first_uid >= CRASH_UID_GAP // 2 else contextlib.nullcontext()
-        try:
-            with sync, self._txn():
-                self._flush_headers()
-                if defer:
-                    # UIDNEXT now, so no UID handed out from memory can be given again after a crash
-                    # (rows not written by then make their files new messages again, with new UIDs);
-                    # the scan state only with the last rows, so the next open scans what is missing.
-                    idx.update_folder(fid, **fields)
-                else:
-                    if msgs:
-                        idx.insert_message_rows(self._rows_of(list(msgs.values())))
-                    idx.update_folder(fid, **fields, **scan_fields)
-        except BaseException:
-            recent.difference_update(range(first_uid, uid))
-            raise
+        sync = idx.full_sync() if n >= CRASH_UID_GAP // 2 else contextlib.nullcontext()
+        with sync, self._txn():
+            self._flush_headers()
+            if defer:
+                # UIDNEXT now, so no UID handed out from memory can be given again after a crash
+                # (rows not written by then make their files new messages again, with new UIDs);
+                # the scan state only with the last rows, so the next open scans what is missing.
+                idx.update_folder(fid, **fields)
+            else:
+                if n:
+                    idx.insert_message_rows(self._rows_of(infos))
+                idx.update_folder(fid, **fields, **scan_fields)
         if defer:
-            self._bulk_rows = list(msgs.values())
+            self._bulk_rows = infos
             self._bulk_fields = scan_fields
             _call_later(self._start_bulk_writer)
+        if in_new and any(in_new):
+            self._recent = set(itertools.compress(uids, in_new))
         self._msgs = msgs
-        self._by_name = by_name
-        self._total_size = total
+        self._by_name = dict(zip(bases, uids))
+        self._total_size = sum(sizes)
         self.uidnext = uid
         self.highestmodseq = fields["highestmodseq"]  # type: ignore[assignment]
         self._state.update(states)
-        return bool(msgs)
+        return bool(n)
 
     # -- index writes -------------------------------------------------------------------------
 
@@ -772,13 +886,19 @@ class Mailbox:
         if unsaved is None:
             return
         fid = unsaved.fid
+        msgs = self._msgs
+        first = unsaved.first_new or self.uidnext
         with self._txn():
-            if unsaved.rows:
-                self._index.insert_messages(fid, list(unsaved.rows.values()))
-            if unsaved.recent_cleared:
-                self._index.clear_recent(fid, sorted(unsaved.recent_cleared))
-            if unsaved.locations:
-                self._index.update_locations(fid, list(unsaved.locations.values()))
+            if unsaved.first_new:
+                self._index.insert_messages(fid, [
+                    (m.uid, m.name, m.subdir, m.suffix, _letters_of(m.flags), _keywords_text(m.keywords), m.modseq,
+                     m.size, m.internaldate, int(m.recent), None)
+                    for m in map(msgs.get, range(first, self.uidnext)) if m is not None
+                ])
+            if unsaved.claimed:  # those of the new rows above are written as they are now already
+                older = [u for u in unsaved.claimed if u < first and u in msgs]
+                self._index.clear_recent(fid, older)
+                self._index.update_locations(fid, [_location_row(msgs[u]) for u in older])
             if unsaved.fields:
                 self._index.update_folder(fid, **unsaved.fields)
 
@@ -787,7 +907,7 @@ class Mailbox:
         """A transaction of the user's index for this folder; index rows of the first scan that are
         still unwritten go first (so every later change finds its rows).  Caller holds the lock."""
         rows, fields = self._bulk_rows, self._bulk_fields
-        self._bulk_rows, self._bulk_fields = None, {}
+        self._bulk_rows, self._bulk_fields = None, _VACANT
         try:
             with self._index.transaction() as db:
                 if rows:
@@ -856,7 +976,7 @@ class Mailbox:
         fields: dict[str, object] = {}
         for sub, in_sync in before.items():
             if in_sync:
-                mtime = os.stat(self.dir / sub).st_mtime_ns
+                mtime = os.stat(f"{self._dir_str}/{sub}").st_mtime_ns
                 state = (mtime, time.time_ns())
                 self._state[sub] = state
                 fields[f"{sub}_mtime"], fields[f"{sub}_scanned"] = state
@@ -898,24 +1018,26 @@ class Mailbox:
         view = self._view
         if view is not None and view.stamp == stamp:
             return view
-        msgs = self._msgs
-        infos = dict(msgs)
+        infos = dict(self._msgs)
         uids = list(infos)
-        kws: set[str] = set()
-        first_unseen = 0
-        for i, m in enumerate(infos.values()):
-            if m.keywords:
-                kws.update(m.keywords)
-            if not first_unseen and "\\Seen" not in m.flags:
-                first_unseen = i + 1
-        view = self._view = MailboxView(stamp, uids, infos, frozenset(kws), first_unseen)
+        messages = infos.values()
+        # C loops (no Python frame per message): the first SELECT of a big folder builds this
+        sets = set(map(_KEYWORDS_FIELD, messages))
+        sets.discard(EMPTY)
+        keywords = EMPTY.union(*sets) if sets else EMPTY
+        try:
+            seen = map(operator.contains, map(_FLAGS_FIELD, messages), itertools.repeat("\\Seen"))
+            first_unseen = operator.indexOf(seen, False) + 1
+        except ValueError:
+            first_unseen = 0
+        view = self._view = MailboxView(stamp, uids, infos, keywords, first_unseen)
         return view
 
     def forget_memos(self) -> None:
         """Drop this folder's header memos from the process-wide pool (the folder is closed or gone)."""
         for memo in self._memos.values():
             _MEMOS.forget(memo)
-        self._memos.clear()
+        self._memos = _VACANT
 
     def header_memo(self, key: tuple) -> HeaderMemo:
         """The folder's memo for data derived from message headers under ``key`` (the caller's name
@@ -926,7 +1048,9 @@ class Mailbox:
             if len(self._memos) >= 4:
                 for old in self._memos.values():
                     _MEMOS.forget(old)
-                self._memos.clear()
+                self._memos = _VACANT
+            if self._memos is _VACANT:
+                self._memos = {}
             memo = self._memos[full] = HeaderMemo(_MEMOS)
         _MEMOS.touch(memo)
         return memo
@@ -1010,9 +1134,12 @@ class Mailbox:
                      real=size, size=m.size)
             self._total_size += size - m.size
             self._gen += 1
+            self._view = None
         m = m._replace(internaldate=when, size=size)
         if self._msgs.get(m.uid) is not None:
             self._msgs[m.uid] = m
+            if self._pending_dates is _VACANT:
+                self._pending_dates = {}
             self._pending_dates[m.uid] = (when, size)
             if len(self._pending_dates) >= _DATES_FLUSH:
                 with self._txn():
@@ -1055,6 +1182,8 @@ class Mailbox:
                 if header is None:
                     raise MessageNotFound(u)
                 out[u] = header  # type: ignore[assignment]
+                if self._pending_headers is _VACANT:
+                    self._pending_headers = {}
                 self._pending_headers[u] = header  # type: ignore[assignment]
             if len(self._pending_headers) >= _HEADER_FLUSH:
                 with self._txn():
@@ -1063,12 +1192,13 @@ class Mailbox:
 
     def _flush_headers(self) -> None:
         """Write the header blocks and dates learnt from files.  Caller holds the lock, in a transaction."""
-        for uid, header in self._pending_headers.items():
-            self._index.set_header(self.fid, uid, header)
-        self._pending_headers.clear()
+        if self._pending_headers:
+            for uid, header in self._pending_headers.items():
+                self._index.set_header(self.fid, uid, header)
+            self._pending_headers = _VACANT
         if self._pending_dates:
             self._index.set_dates(self.fid, ((u, d, s) for u, (d, s) in self._pending_dates.items()))
-            self._pending_dates.clear()
+            self._pending_dates = _VACANT
 
     def flush(self) -> None:
         """Write cached headers (and learnt dates) still held in memory to the index."""
@@ -1115,7 +1245,7 @@ class Mailbox:
         if not self._recent:
             return set()
         uids = sorted(u for u in self._recent if u in self._msgs)
-        self._recent = set()
+        self._recent = EMPTY  # type: ignore[assignment]
         if not uids:
             return set()
         before = self._own_begin()
@@ -1133,6 +1263,15 @@ class Mailbox:
                 moved.append(m)
             self._msgs[u] = m._replace(recent=False)
         fields = self._own_end(before)
+        rows = self._bulk_rows
+        if rows and uids[0] >= rows[0].uid:
+            # The first scan's rows are not written yet (the first SELECT of a folder with new mail): they
+            # will be written as the messages are now, with these directory states; a transaction here
+            # would write them all first, before the SELECT is answered.
+            self._bulk_rows = list(map(self._msgs.__getitem__, map(_UID_FIELD, rows)))
+            if fields:
+                self._bulk_fields = {**self._bulk_fields, **fields}
+            return set(uids)
         if self._index.is_open:
             with self._txn():
                 self._index.clear_recent(self.fid, uids)
@@ -1142,10 +1281,11 @@ class Mailbox:
                     self._index.update_folder(self.fid, **fields)
         else:
             unsaved = self._put_off()
-            unsaved.recent_cleared.update(uids)
-            for m in moved:
-                unsaved.locations[m.uid] = _location_row(m)
-            unsaved.fields.update(fields)
+            if unsaved.claimed is None:
+                unsaved.claimed = uids
+            else:
+                unsaved.claimed.extend(uids)
+            unsaved.note_fields(fields)
         return set(uids)
 
     # -- flags --------------------------------------------------------------------------------
@@ -1154,7 +1294,7 @@ class Mailbox:
         letter = self._kwletter.get(kw)
         if letter is not None or not assign:
             return letter
-        table = self._kwtable
+        table = list(self._kwtable)  # a new table: the old one may be shared (_NO_KEYWORDS)
         try:
             i = table.index(None)
         except ValueError:
@@ -1164,8 +1304,9 @@ class Mailbox:
             i = len(table) - 1
         table[i] = kw
         letter = chr(97 + i)
-        self._kwletter[kw] = letter
-        self._suffix_cache.clear()
+        self._kwtable = table
+        self._kwletter = {**self._kwletter, kw: letter}
+        self._suffix_cache = {}
         dovecot.write_file_atomic(self.dir / dovecot.KEYWORDS, dovecot.format_keywords(table))
         self._index.update_folder(self.fid, keywords=table)
         return letter
@@ -1268,6 +1409,7 @@ class Mailbox:
                 for m in changed_msgs:
                     self._msgs[m.uid] = m
                 self.highestmodseq = modseq
+                self._view = None
         if changed_msgs:
             self._user.notify(self.name)
         return [m.uid for m in changed_msgs], failed
@@ -1297,10 +1439,11 @@ class Mailbox:
                 self._by_name.pop(m.name, None)
                 self._total_size -= m.size
             self._pending_headers.pop(uid, None)
-            self._recent.discard(uid)
+            self._drop_recent(uid)
             for memo in self._memos.values():
                 memo.discard(uid)
         self.highestmodseq = modseq
+        self._view = None
         return gone
 
     def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
@@ -1336,9 +1479,10 @@ class Mailbox:
         kws = kws | keywords if keywords else kws
         uid = self.uidnext
         modseq = self.highestmodseq + 1
+        filename = base if written.filename == base else written.filename  # one string when no suffix
         m = MessageInfo(uid, base, flags, kws, modseq, written.size,
                         written.mtime if internaldate is None else internaldate, True,
-                        written.subdir, written.filename, self._dir_str)
+                        written.subdir, filename, self._dir_str)
         fields = self._own_end(own) if own else {}
         fields.update(uidnext=uid + 1, highestmodseq=modseq)
         if self._index.is_open:
@@ -1350,17 +1494,19 @@ class Mailbox:
                 )
                 self._index.update_folder(self.fid, **fields)
         else:
-            # put off; no copy of the header is kept (it is read from the file when first needed)
+            # put off; the row is written from self._msgs then, and no copy of the header is kept (it is
+            # read from the file when first needed)
             unsaved = self._put_off()
-            unsaved.rows[uid] = (uid, base, m.subdir, m.suffix, _letters_of(flags), _keywords_text(kws),
-                                 modseq, m.size, m.internaldate, 1, None)
-            unsaved.fields.update(fields)
+            if not unsaved.first_new:
+                unsaved.first_new = uid
+            unsaved.note_fields(fields)
         self._msgs[uid] = m
         self._by_name[base] = uid
         self._total_size += m.size
-        self._recent.add(uid)
+        self._add_recent(uid)
         self.uidnext = uid + 1
         self.highestmodseq = modseq
+        self._view = None
         return uid
 
     def append(

@@ -122,21 +122,29 @@ MAX_OPEN_INDEXES = 64
 
 
 class _UserState:
-    """Per-user shared state: the lock, the index, the open mailboxes."""
+    """Per-user shared state: the lock, the index, the open mailboxes.  One per user who connected since
+    the start (bench 7a: 2000), hence ``__slots__`` and the directory kept as a string."""
 
-    def __init__(self, store: Store, user: str, user_dir: Path) -> None:
+    __slots__ = ("store", "user", "_dir", "lock", "_index", "mailboxes")
+
+    def __init__(self, store: Store, user: str, user_dir: Path | str) -> None:
         self.store = store
         self.user = user
-        self.dir = user_dir
+        self._dir = os.fspath(user_dir)
         self.lock = threading.RLock()
         self._index: UserIndex | None = None
         self.mailboxes: dict[str, Mailbox] = {}
 
     @property
+    def dir(self) -> Path:
+        """The user's directory (made on demand)."""
+        return Path(self._dir)
+
+    @property
     def index(self) -> UserIndex:
         if self._index is None:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._index = UserIndex(self.dir, on_open=self._index_opened, epoch=self.store.epoch)
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            self._index = UserIndex(self._dir, on_open=self._index_opened, epoch=self.store.epoch)
             self.store._index_opened(self)
         return self._index
 
