@@ -80,7 +80,9 @@ def _bind_hint(service_name: str, endpoint: str, exc: BaseException) -> str:
 
 def preload() -> None:
     """Import every mailsuite module now, while still root: after ``--uid`` the Python installation may not be
-    readable (e.g. under /root), and a lazy import mid-session would fail there."""
+    readable (e.g. under /root), and a lazy import mid-session would fail there.  Only done when privileges
+    will be dropped: otherwise rarely used code (POP3 when not listening, the admin CLI) stays unimported
+    and costs no memory."""
     import pkgutil
     import mailsuite
     for info in pkgutil.walk_packages(mailsuite.__path__, "mailsuite."):
@@ -109,7 +111,8 @@ class MailService(service.MultiService):
 
     def privilegedStartService(self) -> None:
         try:
-            preload()
+            if self.run_as is not None:
+                preload()
             self.ctx = build_context(self.settings, self.reactor)
             self._start_relay()
             self._bind_all()

@@ -5,29 +5,35 @@ factory in TLS, RFC 8314).  The adapter writes the engine's bytes, starts TLS, c
 ``ctx.accounts``, streams FETCH responses through a pull producer (big bodies go out chunk by chunk from
 the file), runs store Deferreds (APPEND), and turns store change notifications into ``poll()`` calls so
 an IDLE client hears ``* N EXISTS`` as soon as a message is delivered (RFC 2177).  Changes made by other
-programs are found by one timer per IDLE mailbox (:class:`OutsideWatch`), shared by all its sessions.
+programs are found by one rescan per IDLE mailbox (:class:`OutsideWatch`), shared by all its sessions.
 Protocol decisions stay in the engine.
+
+Memory per idle session is what bench 7a measures (2000 IDLE sessions): the timers of all sessions — the
+autologout and the outside-change rescans — are one :class:`Deadlines` each per factory instead of a
+``DelayedCall`` per session, replies go out through :func:`~mailsuite.fastwrite.write_now` (no Twisted write
+buffer left on the transport), and the per-session classes use ``__slots__``.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, Callable, Iterator
 
 from twisted.internet import defer, interfaces, task
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from ..accounts import AUTH_FAILURE_FORMAT
+from ..fastwrite import write_now
 from ..limits import PerIPCounter, is_loopback
 from ..store.errors import MailboxNotFound
 from .backend import Mailbox, UserMail
 from .engine import (Authenticate, AuthFailed, Await, Close, EngineConfig, ImapEngine, Output, StartCompression,
                      StartTLS, Stream)
 
-__all__ = ["build_factory", "ImapProtocol", "ImapFactory", "OutsideWatch"]
+__all__ = ["build_factory", "Deadlines", "ImapProtocol", "ImapFactory", "OutsideWatch"]
 
 log = Logger()
 
@@ -43,38 +49,96 @@ def _shown_user(user: str) -> str:
     return "".join(ch if ch.isprintable() and not ch.isspace() else "?" for ch in user)[:100] or "-"
 
 
-class OutsideWatch:
-    """One timer per shared :class:`Mailbox` (the store keeps one per user and folder) for all the
-    sessions IDLE on it: every ``OUTSIDE_CHANGES_POLL`` seconds it syncs the mailbox once with the Maildir.
-    A sync that finds changes notifies the store's listeners, which wake each session (RFC 2177), so the
-    sessions themselves do not rescan."""
+class Deadlines:
+    """Keys that each expire ``period`` seconds after they were last armed, all served by one ``DelayedCall``.
 
-    def __init__(self, reactor: Any, mailbox: Mailbox, on_empty: Any) -> None:
+    Every key has the same period, so the deadlines fall in the order the keys were armed: an insertion-ordered
+    dict (re-arming moves a key to the end) keeps them sorted, and one timer set for the first deadline is
+    enough.  ``expire(key)`` is called for each key whose deadline has passed (it has been disarmed by then and
+    may arm itself again).  Per key this costs a dict entry and a float instead of a ``DelayedCall`` (about
+    450 bytes with its bound methods), and timing is the same as a ``DelayedCall`` per key."""
+
+    __slots__ = ("reactor", "period", "_expire", "_due", "_call")
+
+    def __init__(self, reactor: Any, period: float, expire: Callable[[Any], None]) -> None:
         self.reactor = reactor
-        self.mailbox = mailbox
-        self.sessions: set["ImapProtocol"] = set()
-        self.syncs = 0  # Maildir syncs made (tests and profiling)
-        self._on_empty = on_empty
+        self.period = period
+        self._expire = expire
+        self._due: dict[Any, float] = {}
         self._call: Any = None
 
-    def join(self, proto: "ImapProtocol") -> None:
-        self.sessions.add(proto)
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._due
+
+    def arm(self, key: Any) -> None:
+        """(Re)start ``key``'s period now."""
+        due = self._due
+        due.pop(key, None)
+        due[key] = self.reactor.seconds() + self.period
         if self._call is None:
-            self._call = self.reactor.callLater(OUTSIDE_CHANGES_POLL, self._tick)
+            self._call = self.reactor.callLater(self.period, self._run)
+
+    def rearm(self, key: Any) -> None:
+        """Restart ``key``'s period if it is armed (activity on a session with a timeout)."""
+        if key in self._due:
+            self.arm(key)
+
+    def disarm(self, key: Any) -> None:
+        due = self._due
+        if due.pop(key, None) is not None and not due and self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _run(self) -> None:
+        self._call = None
+        due = self._due
+        now = self.reactor.seconds()
+        while due:
+            key = next(iter(due))
+            if due[key] > now:
+                break
+            del due[key]
+            try:
+                self._expire(key)
+            except Exception:
+                log.failure("IMAP: timer of {key!r} failed", key=key)
+        if due and self._call is None:
+            self._call = self.reactor.callLater(max(0.0, due[next(iter(due))] - now), self._run)
+
+
+class OutsideWatch:
+    """The outside-change rescan of one shared :class:`Mailbox` (the store keeps one per user and folder) for
+    all the sessions IDLE on it: every ``OUTSIDE_CHANGES_POLL`` seconds (the factory's shared
+    :class:`Deadlines`) it syncs the mailbox once with the Maildir.  A sync that finds changes notifies the
+    store's listeners, which wake each session (RFC 2177), so the sessions themselves do not rescan."""
+
+    __slots__ = ("mailbox", "sessions", "syncs", "_factory")
+
+    def __init__(self, factory: "ImapFactory", mailbox: Mailbox) -> None:
+        self.mailbox = mailbox
+        #: the sessions IDLE on it: a handful at most per mailbox (a list is a third of a set's size)
+        self.sessions: list["ImapProtocol"] = []
+        self.syncs = 0  # Maildir syncs made (tests and profiling)
+        self._factory = factory
+
+    def join(self, proto: "ImapProtocol") -> None:
+        if proto not in self.sessions:
+            self.sessions.append(proto)
+        if self not in self._factory.outside_timer:
+            self._factory.outside_timer.arm(self)
 
     def leave(self, proto: "ImapProtocol") -> None:
-        self.sessions.discard(proto)
+        if proto in self.sessions:
+            self.sessions.remove(proto)
         if not self.sessions:
-            self._stop()
-            self._on_empty(self)
-
-    def _stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+            self._factory.outside_timer.disarm(self)
+            self._factory._watch_done(self)
 
     def _tick(self) -> None:
-        self._call = None
         self.syncs += 1
         try:
             self.mailbox.sync()  # changes -> store listeners -> each session's _wakeup
@@ -84,8 +148,8 @@ class OutsideWatch:
                 proto._poll(outside=True)
         except Exception:
             log.failure("IMAP: syncing {mailbox} with its Maildir failed", mailbox=self.mailbox.name)
-        if self.sessions and self._call is None:
-            self._call = self.reactor.callLater(OUTSIDE_CHANGES_POLL, self._tick)
+        if self.sessions and self not in self._factory.outside_timer:
+            self._factory.outside_timer.arm(self)
 
 
 @implementer(interfaces.IPullProducer)
@@ -136,25 +200,33 @@ class _StreamSender:
             self.deferred.errback(error)
 
 
-class ImapProtocol(Protocol, TimeoutMixin):
+class ImapProtocol(Protocol):
     """One IMAP connection."""
+
+    # no per-instance __dict__ (Protocol's own attributes included): 2000 IDLE sessions are bench 7a
+    __slots__ = ("factory", "transport", "connected", "engine", "peer", "_queue", "_running", "_blocked", "_gone",
+                 "_paused", "_poll_pending", "_watch", "_deflate", "_inflate", "_compressed_in")
 
     def __init__(self, factory: "ImapFactory") -> None:
         self.factory = factory
-        self.ctx = factory.ctx
+        self.transport: Any = None
+        self.connected = 0
         self.engine: ImapEngine | None = None
         self.peer = "?"
-        self._queue: list[Output] = []   # a few entries at most; a deque costs 600 bytes even empty
+        self._queue: list[Output] | None = None  # outputs not run yet (an action is in progress); None when empty
         self._running = False
         self._blocked = False  # an async action or stream is in progress
         self._gone = False
         self._paused = False
         self._poll_pending = False
-        self._watch: OutsideWatch | None = None  # the shared outside-change timer while IDLE
-        self.callLater = self.ctx.reactor.callLater  # TimeoutMixin uses the context's reactor (tests: Clock)
+        self._watch: OutsideWatch | None = None  # the shared outside-change rescan while IDLE
         self._deflate: Any = None  # RFC 4978 COMPRESS=DEFLATE, once active
         self._inflate: Any = None
         self._compressed_in = b""  # compressed input not inflated yet (held while an action runs)
+
+    @property
+    def ctx(self) -> Any:
+        return self.factory.ctx
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -170,28 +242,16 @@ class ImapProtocol(Protocol, TimeoutMixin):
             self._gone = True
             self.transport.loseConnection()
             return
-        settings = self.ctx.settings
-        imap = settings.imap
-        implicit = self.factory.service == "imaps"
-        cfg = EngineConfig(
-            hostname=settings.hostname,
-            tls_available=self.ctx.tls is not None and not implicit,
-            tls_active=implicit,
-            plaintext_auth_ok=bool(settings.auth.allow_plaintext_loopback) and is_loopback(self.peer),
-            max_literal=int(getattr(imap, "max_literal_size", 50 * 1024 * 1024)),
-            max_auth_failures=int(settings.auth.max_failures),
-            quota_bytes=int(getattr(imap, "quota_bytes", 0)),
-        )
-        cfg.max_buffer = cfg.max_literal + cfg.max_line
-        store = self.ctx.store
-        self.engine = ImapEngine(cfg, lambda user: UserMail(store, user), wakeup=self._wakeup, peer=self.peer)
-        self.setTimeout(float(getattr(imap, "timeout", 1800.0)))  # RFC 3501 §5.4: at least 30 minutes
+        factory = self.factory
+        self.engine = ImapEngine(factory.engine_config(self.peer), factory.open_user, wakeup=self._wakeup,
+                                 peer=self.peer)
+        factory.session_timer.arm(self)  # RFC 3501 §5.4 autologout: at least 30 minutes
         self._handle(self.engine.greeting())
 
     def dataReceived(self, data: bytes) -> None:
         if self.engine is None or self._gone:
             return
-        self.resetTimeout()
+        self.factory.session_timer.rearm(self)
         if self._inflate is not None:
             self._compressed_in += data
             self._feed_compressed()
@@ -205,7 +265,11 @@ class ImapProtocol(Protocol, TimeoutMixin):
             return
         if self._deflate is not None:
             data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
-        self.transport.write(data)
+        write_now(self.transport, data)  # sent at once when nothing is queued (no write buffer left behind)
+
+    def resetTimeout(self) -> None:
+        """Activity: the autologout period starts again."""
+        self.factory.session_timer.rearm(self)
 
     def _feed_compressed(self) -> None:
         """Inflate the input in bounded steps, and only while the engine reads (a small compressed
@@ -234,8 +298,8 @@ class ImapProtocol(Protocol, TimeoutMixin):
         if self._gone and self.engine is None:
             return
         self._gone = True
-        self.setTimeout(None)
-        self._queue.clear()
+        self.factory.session_timer.disarm(self)
+        self._queue = None
         self._leave_watch()
         self.factory.connection_closed(self.peer)
         if self.engine is not None:
@@ -248,7 +312,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
         if self._poll_pending or self._gone:
             return
         self._poll_pending = True
-        self.ctx.reactor.callLater(0, self._poll)
+        self.factory.poll_soon(self)
 
     def _poll(self, outside: bool = False) -> None:
         self._poll_pending = False
@@ -278,7 +342,11 @@ class ImapProtocol(Protocol, TimeoutMixin):
     # -- outputs ------------------------------------------------------------------------------------------
 
     def _handle(self, outputs: list[Output]) -> None:
-        self._queue.extend(outputs)
+        if self._queue is None:
+            if outputs:
+                self._queue = outputs  # the engine hands over a fresh list
+        else:
+            self._queue.extend(outputs)
         if self._running:
             return
         self._running = True
@@ -287,6 +355,8 @@ class ImapProtocol(Protocol, TimeoutMixin):
                 self._run(self._queue.pop(0))
         finally:
             self._running = False
+            if not self._queue:
+                self._queue = None
         self._flow_control()
         self._schedule_outside_poll()
 
@@ -336,9 +406,10 @@ class ImapProtocol(Protocol, TimeoutMixin):
             # RFC 3501 §6.2.1: the engine has already dropped whatever was pipelined after STARTTLS
             self.transport.startTLS(self.ctx.tls.server_options())
         elif isinstance(item, Close):
-            self._queue.clear()
+            if self._queue is not None:
+                self._queue.clear()
             self._gone = True
-            self.setTimeout(None)
+            self.factory.session_timer.disarm(self)
             self.transport.loseConnection()
 
     def _resume(self, step: Any) -> None:
@@ -370,15 +441,63 @@ class ImapFactory(ServerFactory):
 
     def __init__(self, ctx: Any, service: str) -> None:
         self.ctx, self.service = ctx, service
-        self.per_ip = PerIPCounter(int(getattr(ctx.settings.imap, "max_connections_per_ip", 20)))
-        #: shared outside-change timers, by identity of the store's Mailbox (one per user and folder)
+        imap = ctx.settings.imap
+        self.per_ip = PerIPCounter(int(getattr(imap, "max_connections_per_ip", 20)))
+        #: shared outside-change rescans, by identity of the store's Mailbox (one per user and folder)
         self.watches: dict[int, OutsideWatch] = {}
+        #: one timer for the outside-change rescans of every IDLE mailbox
+        self.outside_timer = Deadlines(ctx.reactor, OUTSIDE_CHANGES_POLL, OutsideWatch._tick)
+        #: one timer for the autologout of every session (RFC 3501 §5.4: at least 30 minutes)
+        self.session_timer = Deadlines(ctx.reactor, float(getattr(imap, "timeout", 1800.0)),
+                                       ImapProtocol.timeoutConnection)
+        #: the engine's store access, one callable for all the sessions
+        self.open_user = partial(UserMail, ctx.store)
+        self._configs: dict[bool, EngineConfig] = {}
+        self._polls: list[ImapProtocol] = []  # sessions a store change woke, polled on the next turn
+        self._polls_call: Any = None
+
+    def engine_config(self, peer: str) -> EngineConfig:
+        """The engine settings of a session from ``peer``: shared by all the sessions that get the same (the
+        engine copies it before changing it, at STARTTLS)."""
+        settings = self.ctx.settings
+        plaintext_ok = bool(settings.auth.allow_plaintext_loopback) and is_loopback(peer)
+        cfg = self._configs.get(plaintext_ok)
+        if cfg is None:
+            imap = settings.imap
+            implicit = self.service == "imaps"
+            cfg = EngineConfig(
+                hostname=settings.hostname,
+                tls_available=self.ctx.tls is not None and not implicit,
+                tls_active=implicit,
+                plaintext_auth_ok=plaintext_ok,
+                max_literal=int(getattr(imap, "max_literal_size", 50 * 1024 * 1024)),
+                max_auth_failures=int(settings.auth.max_failures),
+                quota_bytes=int(getattr(imap, "quota_bytes", 0)),
+            )
+            cfg.max_buffer = cfg.max_literal + cfg.max_line
+            self._configs[plaintext_ok] = cfg
+        return cfg
+
+    def poll_soon(self, proto: ImapProtocol) -> None:
+        """Have ``proto`` poll on the next reactor turn: one call for all the sessions a delivery woke (not a
+        ``DelayedCall`` each, bench 7a)."""
+        self._polls.append(proto)
+        if self._polls_call is None:
+            self._polls_call = self.ctx.reactor.callLater(0, self._run_polls)
+
+    def _run_polls(self) -> None:
+        polls, self._polls, self._polls_call = self._polls, [], None
+        for proto in polls:
+            try:
+                proto._poll()
+            except Exception:
+                log.failure("IMAP: polling a session after a store change failed")
 
     def outside_watch(self, mailbox: Mailbox) -> OutsideWatch:
-        """The timer for ``mailbox``, created for its first IDLE session; dropped when the last leaves."""
+        """The rescan of ``mailbox``, created for its first IDLE session; dropped when the last leaves."""
         watch = self.watches.get(id(mailbox))
         if watch is None or watch.mailbox is not mailbox:
-            watch = self.watches[id(mailbox)] = OutsideWatch(self.ctx.reactor, mailbox, self._watch_done)
+            watch = self.watches[id(mailbox)] = OutsideWatch(self, mailbox)
         return watch
 
     def _watch_done(self, watch: OutsideWatch) -> None:

@@ -36,6 +36,8 @@ def all_flags(m: MessageInfo) -> frozenset[str]:
 
 
 class UserMail:
+    """One session's access to a user's mail in the store."""
+
     def __init__(self, store: Store, user: str) -> None:
         self.store = store
         self.user = user

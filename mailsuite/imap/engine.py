@@ -27,8 +27,8 @@ import base64
 import binascii
 import errno
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -127,6 +127,32 @@ EXTENSIONS = (
 ENABLEABLE = {"CONDSTORE", "UTF8=ACCEPT"}
 
 
+#: shared empty values: an idle session keeps no containers of its own (2000 IDLE sessions, bench 7a)
+_NOTHING_ENABLED: frozenset[str] = frozenset()  # frozenset() is a new object each call
+_NO_RESULT: tuple[int, ...] = ()
+
+
+def _no_wakeup() -> None:
+    pass
+
+
+class _EngineFramer(Framer):
+    """The engine's framer: asks the engine for its literal policy and APPEND spool through one reference
+    instead of keeping two bound methods per session."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: "ImapEngine", max_line: int) -> None:
+        super().__init__(None, max_line=max_line)  # type: ignore[arg-type]
+        self._engine = engine
+
+    def _allowed(self, first_line: bytes, size: int, total: int) -> bool:
+        return self._engine._literal_allowed(first_line, size, total)
+
+    def _open_sink(self, first_line: bytes, size: int) -> Any:
+        return self._engine._spool_for(first_line, size)
+
+
 def _mailbox_gone(mailbox: Mailbox) -> bool:
     """True once the store has deleted or renamed the folder under this Mailbox (what ``sync()`` reports
     as MailboxNotFound, without touching the disk)."""
@@ -134,6 +160,10 @@ def _mailbox_gone(mailbox: Mailbox) -> bool:
 
 
 class ImapEngine:
+    __slots__ = ("cfg", "_open_user", "_wakeup", "peer", "framer", "state", "user", "mail", "selected", "out",
+                 "waiting", "auth_failures", "enabled", "condstore", "idle_tag", "_auth", "_pending_auth_tag",
+                 "_pending_auth_reply", "_after_stream", "saved_result", "compressed", "_current_tag")
+
     def __init__(
         self,
         config: EngineConfig,
@@ -143,25 +173,26 @@ class ImapEngine:
     ) -> None:
         self.cfg = config
         self._open_user = open_user
-        self._wakeup = wakeup or (lambda: None)
+        self._wakeup = wakeup or _no_wakeup
         self.peer = peer
-        self.framer = Framer(self._literal_allowed, max_line=config.max_line, spool=self._spool_for)
+        self.framer: Framer = _EngineFramer(self, config.max_line)
         self.state = NOT_AUTHENTICATED
         self.user: str | None = None
         self.mail: UserMail | None = None
         self.selected: Selected | None = None
-        self.out: list[Output] = []
+        self.out: list[Output] | None = None  # outputs since the last flush (a list only while there are some)
         self.waiting = False  # an action is outstanding
         self.auth_failures = 0
-        self.enabled: frozenset[str] = frozenset()   # RFC 5161 ENABLE; shared empty value (2000 IDLE sessions)
+        self.enabled: frozenset[str] = _NOTHING_ENABLED   # RFC 5161 ENABLE
         self.condstore = False
         self.idle_tag: str | None = None
         self._auth: dict[str, Any] | None = None  # AUTHENTICATE exchange in progress
         self._pending_auth_tag: str | None = None
         self._pending_auth_reply: bytes | None = None  # the tagged NO/BAD text of an AuthFailed
         self._after_stream: Callable[[], None] | None = None
-        self.saved_result: list[int] = []
+        self.saved_result: Sequence[int] = _NO_RESULT  # RFC 5182 SEARCHRES; replaced, never changed in place
         self.compressed = False
+        self._current_tag: str | None = None
 
     # ------------------------------------------------------------------------------------ interface
 
@@ -220,7 +251,7 @@ class ImapEngine:
 
     def tls_started(self) -> None:
         """The adapter switched the transport to TLS (implicit TLS sets ``tls_active`` from the start)."""
-        self.cfg.tls_active = True
+        self.cfg = replace(self.cfg, tls_active=True)  # the config may be shared: copied, not changed
 
     def poll(self, check_outside: bool = False) -> list[Output]:
         """Store changed (or, with ``check_outside``, may have been changed by other programs): during
@@ -245,10 +276,15 @@ class ImapEngine:
         return self.cfg.hostname.encode("ascii", "replace")
 
     def _emit(self, data: Output) -> None:
-        self.out.append(data)
+        if self.out is None:
+            self.out = [data]
+        else:
+            self.out.append(data)
 
     def _flush(self) -> list[Output]:
-        out, self.out = self.out, []
+        out, self.out = self.out, None
+        if out is None:
+            return []
         # merge adjacent bytes so the adapter writes fewer, larger chunks
         merged: list[Output] = []
         for item in out:
@@ -315,8 +351,6 @@ class ImapEngine:
                 tag = self._current_tag or "*"
                 self._emit(tag.encode() + b" NO [SERVERBUG] Internal error\r\n")
                 self.waiting = False
-
-    _current_tag: str | None = None
 
     def _event(self, ev) -> None:
         if isinstance(ev, Line):
@@ -461,7 +495,7 @@ class ImapEngine:
             return self._tagged(cmd, "BAD", "TLS already active" if self.cfg.tls_active else "TLS unavailable")
         self._emit(cmd.tag.encode() + b" OK Begin TLS negotiation now\r\n")
         self.framer.clear()  # RFC 3501 §6.2.1 / DESIGN §4: drop pipelined plaintext
-        self.cfg.tls_active = True
+        self.cfg = replace(self.cfg, tls_active=True)  # the config may be shared: copied, not changed
         self._emit(StartTLS())
 
     def _cmd_login(self, cmd: Command) -> None:
@@ -573,7 +607,7 @@ class ImapEngine:
     def _cmd_select(self, cmd: Command, readonly: bool = False) -> None:
         """SELECT / EXAMINE (RFC 3501 §6.3.1-2, RFC 7162 §3.1.2.1 HIGHESTMODSEQ)."""
         self._deselect()
-        self.saved_result = []  # RFC 5182 §2.1
+        self.saved_result = _NO_RESULT  # RFC 5182 §2.1
         assert self.mail is not None
         name = self._decode_name(cmd.args["mailbox"])
         mb = self.mail.open(name)

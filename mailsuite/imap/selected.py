@@ -16,16 +16,18 @@ from typing import Callable
 from .backend import Mailbox, MessageInfo, all_flags
 
 SYSTEM = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
+#: the shared "none" of ``recent`` and ``ghosts``: a session holds a set of its own only while it has some
+NONE: frozenset[int] = frozenset()
 
 
-@dataclass
+@dataclass(slots=True)
 class Selected:
     mailbox: Mailbox
     readonly: bool
     uids: list[int] = field(default_factory=list)
     infos: dict[int, MessageInfo] = field(default_factory=dict)
-    recent: set[int] = field(default_factory=set)
-    ghosts: set[int] = field(default_factory=set)  # expunged in the store, not yet reported
+    recent: set[int] | frozenset[int] = NONE
+    ghosts: set[int] | frozenset[int] = NONE  # expunged in the store, not yet reported
     dirty: bool = False
     keywords: frozenset[str] = frozenset()
     listener: Callable[[], None] | None = None
@@ -42,7 +44,8 @@ class Selected:
         """Take the mailbox's snapshot (shared with the other sessions until one of us changes it:
         SELECT of an unchanged big folder costs no work per message)."""
         # RFC 3501 §2.3.2: \Recent belongs to the first session that selects; EXAMINE only looks.
-        view, self.recent = self.mailbox.select_view(claim=not self.readonly)
+        view, recent = self.mailbox.select_view(claim=not self.readonly)
+        self.recent = recent or NONE
         self.uidvalidity = self.mailbox.uidvalidity
         self.uids = view.uids
         self.infos = view.infos
@@ -102,14 +105,17 @@ class Selected:
 
     def sync(self, allow_expunge: bool, condstore: bool) -> list[bytes]:
         """Untagged updates bringing the client's view up to date with the store (the caller has
-        synced the store with the Maildir)."""
+        synced the store with the Maildir).  A view still shared with the mailbox is copied only when
+        something changed (IDLE starts with a sync: an idle session keeps no copy of its own)."""
         self.dirty = False
-        self._own()
         current = self.mailbox.messages()
         out: list[bytes] = []
         by_uid = {m.uid: m for m in current}
-        self.ghosts.update(u for u in self.uids if u not in by_uid)
+        vanished = [u for u in self.uids if u not in by_uid and u not in self.ghosts]
+        if vanished:
+            self.ghosts = {*self.ghosts, *vanished}
         if self.ghosts and allow_expunge:
+            self._own()
             # Descending order: each EXPUNGE leaves the lower sequence numbers unchanged (RFC 3501 §7.4.1).
             for seq in sorted((self.seq_of(u) for u in self.ghosts), reverse=True):
                 out.append(b"* %d EXPUNGE\r\n" % seq)
@@ -117,13 +123,15 @@ class Selected:
             self.uids = [u for u in self.uids if u not in gone]
             for u in gone:
                 self.infos.pop(u, None)
-                self.recent.discard(u)
-            self.ghosts = set()
+            if not self.recent.isdisjoint(gone):
+                self.recent = (self.recent - gone) or NONE
+            self.ghosts = NONE
         for uid in self.uids:  # flag changes made elsewhere (RFC 3501 §7.4.2)
             new = by_uid.get(uid)
             old = self.infos.get(uid)
             if new is None or old is None or new is old:
                 continue
+            self._own()
             self.infos[uid] = new
             if all_flags(new) != all_flags(old) or (condstore and new.modseq != old.modseq):
                 flags = " ".join(sorted(self.flags_of(uid))).encode("utf-8")
@@ -132,13 +140,16 @@ class Selected:
         last = self.uids[-1] if self.uids else 0
         new_msgs = [m for m in current if m.uid > last]
         if new_msgs:
+            self._own()
             self.uids.extend(m.uid for m in new_msgs)
             for m in new_msgs:
                 self.infos[m.uid] = m
             if not self.readonly:
-                self.recent |= self.mailbox.claim_recent()
+                claimed = self.mailbox.claim_recent()
             else:
-                self.recent |= {m.uid for m in new_msgs if m.recent}
+                claimed = {m.uid for m in new_msgs if m.recent}
+            if claimed:
+                self.recent = {*self.recent, *claimed}
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             out.append(b"* %d RECENT\r\n" % len(self.recent))
         kws = self._keywords()

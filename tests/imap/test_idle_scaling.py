@@ -88,7 +88,7 @@ def test_one_sync_per_tick_for_all_idle_sessions(env, syncs):
     for proto, tr in sessions:
         proto.dataReceived(b"DONE\r\n")
         assert tr.value().startswith(b"c OK")
-    assert factory.watches == {} and watch.sessions == set()
+    assert factory.watches == {} and not watch.sessions
     syncs.clear()
     env.reactor.advance(OUTSIDE_CHANGES_POLL)
     assert syncs == []  # stopped with the last session
