@@ -88,6 +88,9 @@ def preload() -> None:
     for info in pkgutil.walk_packages(mailsuite.__path__, "mailsuite."):
         if not info.name.endswith("__main__"):
             importlib.import_module(info.name)
+    from .relay.dns import LAZY_MODULES   # what the relay imports only on first use
+    for name in LAZY_MODULES:
+        importlib.import_module(name)
 
 
 #: Seconds between applications of put-off index writes (Store.apply_deferred), which wait while deliveries

@@ -13,16 +13,16 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import dns.exception
-import dns.nameserver
-import dns.resolver
 from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
 
 from mailsuite.relay.client import Reply
 
-__all__ = ["Target", "RouteError", "MXResolver", "parse_nameserver", "MAX_TARGETS"]
+__all__ = ["Target", "RouteError", "MXResolver", "parse_nameserver", "MAX_TARGETS", "LAZY_MODULES"]
 
+#: third-party modules imported on first use; ``service.preload`` imports them before ``--uid`` drops root
+LAZY_MODULES = ("dns.exception", "dns.nameserver", "dns.resolver", "dns.rdtypes.ANY.MX", "dns.rdtypes.ANY.CNAME", "dns.rdtypes.IN.A",
+                "dns.rdtypes.IN.AAAA")
 MAX_TARGETS = 12        # addresses tried per attempt, at most (RFC 5321 §5.1 asks for a limit)
 
 
@@ -79,16 +79,29 @@ class MXResolver:
         self.local_names = {n.lower().rstrip(".") for n in local_names if n}
         self.ipv6 = ipv6
         self.rng = rng or random.SystemRandom()
-        servers = [parse_nameserver(s) for s in nameservers]
-        if servers:
-            self.resolver = dns.resolver.Resolver(configure=False)
-            self.resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in servers]
-        else:
-            self.resolver = dns.resolver.Resolver()    # /etc/resolv.conf
-        self.resolver.lifetime = timeout
-        self.resolver.timeout = min(5.0, timeout)
+        self._servers = [parse_nameserver(s) for s in nameservers]   # bad specs fail here, at start
+        self._timeout = timeout
+        self._resolver: Any = None
         self.pool = ThreadPool(minthreads=0, maxthreads=max(1, pool_size), name="mailsuite-dns")
         self._started = False
+
+    @property
+    def resolver(self) -> Any:
+        """The dnspython resolver, made (and dnspython imported: ~3 MB, see :data:`LAZY_MODULES`) when the
+        relay first needs DNS, not at start: many home servers never relay without a smarthost."""
+        if self._resolver is None:
+            import dns.nameserver
+            import dns.resolver
+
+            if self._servers:
+                resolver = dns.resolver.Resolver(configure=False)
+                resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in self._servers]
+            else:
+                resolver = dns.resolver.Resolver()    # /etc/resolv.conf
+            resolver.lifetime = self._timeout
+            resolver.timeout = min(5.0, self._timeout)
+            self._resolver = resolver
+        return self._resolver
 
     def start(self) -> None:
         if not self._started:
@@ -108,6 +121,9 @@ class MXResolver:
     # ------------------------------------------------------------------------------------ blocking part
 
     def route_sync(self, domain: str) -> list[Target]:
+        import dns.exception
+        import dns.resolver
+
         domain = domain.lower().rstrip(".")
         literal = _literal(domain)
         if literal is not None:
