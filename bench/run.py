@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(slows mailsuite: for diagnosis, not for figures)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--no-install", action="store_true", help="don't apt-get install the peers")
-    parser.add_argument("--smtp-client", choices=("python", "smtp-source"), default="python",
-                        help="load generator of workloads 1-2: the asyncio client (default) or Postfix's "
-                             "smtp-source (C; leaves more CPU to the server)")
+    parser.add_argument("--smtp-client", choices=("python", "smtp-source"), default="smtp-source",
+                        help="load generator of workloads 1-2: Postfix's smtp-source (default; C, the tool the "
+                             "issue names: leaves more CPU to the servers) or the asyncio client")
     args = parser.parse_args(argv)
 
     chosen: list[str] = []

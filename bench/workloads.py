@@ -79,7 +79,7 @@ class Context:
     profiles: dict[str, Path] = field(default_factory=dict)
     smtp1: dict[str, float] = field(default_factory=dict)   # msg/s of workload 1, for workload 9
     #: load generator of workloads 1-2: "python" (asyncio, bench/clients.py) or "smtp-source" (Postfix's, in C)
-    smtp_client: str = "python"
+    smtp_client: str = "smtp-source"
 
     def size(self, full: int, quick: int) -> int:
         return quick if self.quick else full
