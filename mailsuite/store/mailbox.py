@@ -75,7 +75,12 @@ _DATES_FLUSH = 8192
 #: A first scan with at least this many messages writes its index rows after answering (see _first_scan),
 #: in the store's thread pool, this many per transaction.
 _BULK_DEFER = 5000
-_BULK_CHUNK = 5000
+#: Rows per transaction of that writer (~3 ms of CPU: the longest a session of the user waits for the
+#: lock), its pause between them (lock and GIL released, see :meth:`Mailbox._write_bulk_rows`), and how
+#: many rows it writes between WAL checkpoints (made without the lock, :class:`~.index.Checkpointer`).
+_BULK_CHUNK = 500
+_BULK_PAUSE = 0.0005
+_BULK_CHECKPOINT = 20000
 #: Folders up to this size are rescanned at once when a scan could not be trusted (see _needs_scan).
 _EAGER_RESCAN_LIMIT = 2000
 
@@ -196,6 +201,7 @@ _SECOND = operator.itemgetter(1)
 _THIRD = operator.itemgetter(2)
 _SUBDIR_OF = ("cur", "new").__getitem__  # by "is in new/"
 _UID_FIELD = operator.itemgetter(0)  # MessageInfo.uid
+_AS_INT = (0, 1).__getitem__  # False/True -> 0/1, exact ints
 _FLAGS_FIELD = operator.itemgetter(2)  # MessageInfo.flags
 _KEYWORDS_FIELD = operator.itemgetter(3)  # MessageInfo.keywords
 
@@ -923,13 +929,18 @@ class Mailbox:
     def _rows_of(self, msgs: list[MessageInfo]) -> Iterable[tuple]:
         """Index rows (:meth:`UserIndex.insert_message_rows`) of messages as the first scan found them.
 
-        Column by column with ``map``/``zip`` (C loops, no Python frame per message): this runs in the
-        background writer while the reactor thread wants the GIL."""
-        col = [list(map(operator.itemgetter(i), msgs)) for i in range(len(MessageInfo._fields))]
-        uid, name, flags, kws, modseq, size, idate, recent, subdir, filename, _d = col
+        Column by column (``zip(*msgs)`` transposes in C; flags and keywords looked up per distinct
+        value): no Python frame per message, as this runs in the background writer while the reactor
+        thread wants the GIL."""
+        if not msgs:
+            return iter(())
+        uid, name, flags, kws, modseq, size, idate, recent, subdir, filename, _d = zip(*msgs)
+        letters = {f: _letters_of(f) for f in set(flags)}
+        texts = {k: _keywords_text(k) for k in set(kws)}
+        # recent as an exact int: the sqlite3 module binds a bool through its adapter lookup (~1 us)
         return zip(itertools.repeat(self.fid), uid, name, subdir, map(str.removeprefix, filename, name),
-                   map(_letters_of, flags), map(_keywords_text, kws), modseq, size, idate, recent,
-                   itertools.repeat(None))
+                   map(letters.__getitem__, flags), map(texts.__getitem__, kws), modseq, size, idate,
+                   map(_AS_INT, recent))
 
     def _start_bulk_writer(self) -> None:
         """Write the unwritten index rows of a big first scan in the store's thread pool (SQLite
@@ -940,25 +951,46 @@ class Mailbox:
     def _write_bulk_rows(self) -> None:
         """The unwritten rows of a big first scan, :data:`_BULK_CHUNK` per transaction, the user's lock
         taken per chunk (a session of this user waits for one chunk at most; any transaction of the
-        folder meanwhile writes all that is left first, see :meth:`_txn`)."""
-        while True:
-            with self._lock:
-                rows = self._bulk_rows
-                if rows is None or self._gone:
-                    return
-                if len(rows) <= _BULK_CHUNK:
-                    with self._txn():
-                        pass
-                    return
-                head, rest = rows[:_BULK_CHUNK], rows[_BULK_CHUNK:]
-                self._bulk_rows = rest
-                try:
-                    with self._index.transaction():
-                        self._index.insert_message_rows(self._rows_of(head))
-                except BaseException:
-                    if self._bulk_rows is rest:
-                        self._bulk_rows = head + rest
-                    raise
+        folder meanwhile writes all that is left first, see :meth:`_txn`).
+
+        Between chunks the writer pauses (:data:`_BULK_PAUSE`, lock and GIL released): a lock is not
+        fair, and without the pause the writer took the lock back at once, a SELECT waiting for the
+        whole write (~1 s for 100k rows).  Its commits do not checkpoint the WAL under the lock; a
+        second connection does, every :data:`_BULK_CHECKPOINT` rows and at the end, without it."""
+        checkpointer = self._index.checkpointer()
+        since = 0
+        try:
+            while True:
+                with self._lock:
+                    rows = self._bulk_rows
+                    if rows is None or self._gone:
+                        break
+                    last = len(rows) <= _BULK_CHUNK
+                    with self._index.no_autocheckpoint():
+                        if last:
+                            with self._txn():
+                                pass
+                        else:
+                            head = rows[:_BULK_CHUNK]
+                            del rows[:_BULK_CHUNK]   # in place (under the lock): no copy of the rest per chunk
+                            try:
+                                with self._index.transaction():
+                                    self._index.insert_message_rows(self._rows_of(head))
+                            except BaseException:
+                                if self._bulk_rows is rows:
+                                    rows[:0] = head
+                                raise
+                since += _BULK_CHUNK
+                if last:
+                    break
+                if since >= _BULK_CHECKPOINT:
+                    checkpointer.checkpoint()
+                    since = 0
+                time.sleep(_BULK_PAUSE)
+            if since:
+                checkpointer.checkpoint()
+        finally:
+            checkpointer.close()
 
     # -- own changes --------------------------------------------------------------------------
 
