@@ -392,41 +392,22 @@ class Store:
     def _index_delivery(self, user: str, name: str, written: WrittenMessage, data: bytes) -> None:
         """Index a written delivery (any thread; the user's lock serialises it with everything else)."""
         st = self._state(user)
+        mb = st.mailboxes.get(name)
+        if mb is None or mb._gone:
+            # Nobody has the folder open: its next open finds the file (the delivery changed new/'s mtime)
+            # and indexes it, with every other file that arrived meanwhile, in one transaction and in
+            # arrival order (names sort in creation order).  Indexing each delivery here cost an index
+            # open and five SQLite calls per message, each a GIL hand-off that stalled the reactor thread
+            # (bench 1-2, py-spy --gil).
+            return
         header = normalize_line_ends(header_block(data))
         with st.lock:
             mb = st.mailboxes.get(name)
             try:
                 if mb is not None and not mb._gone:
                     mb._register(written, header=header)
-                else:
-                    self._register_unloaded(st, name, written, header)
             except Exception:  # noqa: BLE001 - the file is safe; the next sync indexes it
                 log.failure("mailsuite store: indexing delivered {f}", f=written.filename)
-
-
-    @staticmethod
-    def _register_unloaded(st: _UserState, name: str, written: WrittenMessage, header: bytes) -> None:
-        """Index a delivery into a folder nobody has open (only if the folder is indexed already;
-        otherwise its first open scans it)."""
-        from .mailbox import _flags_of, _letters_of
-        from .maildir import info_letters
-
-        idx = st.index
-        row = idx.get_folder(name)
-        if row is None:
-            return
-        base = written.base
-        if idx.db.execute("SELECT 1 FROM messages WHERE folder = ? AND name = ?", (row.id, base)).fetchone():
-            return
-        flags = _flags_of(info_letters(written.filename[len(base):]))
-        modseq = row.highestmodseq + 1
-        with idx.transaction():
-            idx.insert_messages(
-                row.id,
-                [(row.uidnext, base, written.subdir, written.filename[len(base):], _letters_of(flags), "", modseq,
-                  written.size, written.mtime, 1, header)],
-            )
-            idx.update_folder(row.id, uidnext=row.uidnext + 1, highestmodseq=modseq)
 
     def append(
         self,
