@@ -198,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                                 status=f"failed: {type(exc).__name__}: {str(exc)[:200]}"))
         print()
         print(table(rows))
-        print("\nClient and servers share this machine's CPUs (the Python load generator runs on the same 2 cores "
-              "as the server under test), so every figure is a lower bound of what the server alone could do.",
-              flush=True)
+        print("\nClients and servers share this machine's CPUs (the load generators, smtp-source or the Python "
+              "clients, run on the same 2 cores as the server under test), so every figure is a lower bound of "
+              "what the server alone could do.", flush=True)
         for name, path in ctx.profiles.items():
             print(f"\n-- profile of mailsuite during {name} ({path})\n{hot_spots(path)}")
         if args.json:
