@@ -6,14 +6,13 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 from twisted.internet import defer
 
 from mailsuite.store import Store
 from mailsuite.store.groupcommit import GroupCommit
 from mailsuite.store.maildir import WrittenMessage, make_maildir, write_messages
 
-from .store_helpers import USER, make_message, result_of
+from .store_helpers import USER, make_message
 
 
 class ManualRunner:

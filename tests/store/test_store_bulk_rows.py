@@ -13,8 +13,8 @@ from mailsuite.store import index as index_mod
 from mailsuite.store import mailbox as mailbox_mod
 from mailsuite.store.index import ROWS_PER_INSERT, Checkpointer, UserIndex
 
-from .store_helpers import USER
-from .test_store_first_open import BODY, _fresh_folder
+from .store_helpers import USER, defer_bulk_rows, fresh_folder
+from .test_store_first_open import BODY
 
 ROW_SQL = ("SELECT uid, name, subdir, suffix, flags, keywords, modseq, size, internaldate, recent, header,"
            " typeof(recent), typeof(internaldate) FROM messages WHERE folder = ? ORDER BY uid")
@@ -75,15 +75,10 @@ def _big_folder(root: Path) -> list[tuple[str, str, bytes, float]]:
 
 def test_background_rows_equal_the_rows_of_a_synchronous_first_scan(tmp_path: Path, monkeypatch) -> None:
     files = _big_folder(tmp_path)
-    sync_store = _fresh_folder(tmp_path / "sync", files)
+    sync_store = fresh_folder(tmp_path / "sync", files)
     sync_mb = sync_store.mailbox(USER, "INBOX")   # no reactor: rows written before answering
-    later: list = []
-    monkeypatch.setattr(mailbox_mod, "_BULK_DEFER", 10)
-    monkeypatch.setattr(mailbox_mod, "_BULK_CHUNK", 7)
-    monkeypatch.setattr(mailbox_mod, "_BULK_CHECKPOINT", 14)
-    monkeypatch.setattr(mailbox_mod, "_reactor_running", lambda: True)
-    monkeypatch.setattr(mailbox_mod, "_call_later", later.append)
-    bg_store = _fresh_folder(tmp_path / "bg", files)
+    later = defer_bulk_rows(monkeypatch, chunk=7, checkpoint=14)
+    bg_store = fresh_folder(tmp_path / "bg", files)
     bg_mb = bg_store.mailbox(USER, "INBOX")
     bg_idx = bg_store._state(USER).index
     assert bg_idx.db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
@@ -101,13 +96,8 @@ def test_background_rows_equal_the_rows_of_a_synchronous_first_scan(tmp_path: Pa
 def test_bulk_writer_pauses_and_checkpoints_without_the_lock(root: Path, reopen, monkeypatch) -> None:
     n = 45
     files = [("cur", f"17000{i:05d}.M{i}P1Q1.host,S={len(BODY)}:2,", BODY, 1_600_000_000.0) for i in range(n)]
-    store = _fresh_folder(root, files)
-    later: list = []
-    monkeypatch.setattr(mailbox_mod, "_BULK_DEFER", 10)
-    monkeypatch.setattr(mailbox_mod, "_BULK_CHUNK", 10)
-    monkeypatch.setattr(mailbox_mod, "_BULK_CHECKPOINT", 20)
-    monkeypatch.setattr(mailbox_mod, "_reactor_running", lambda: True)
-    monkeypatch.setattr(mailbox_mod, "_call_later", later.append)
+    store = fresh_folder(root, files)
+    later = defer_bulk_rows(monkeypatch, chunk=10, checkpoint=20)
     mb = store.mailbox(USER, "INBOX")
     idx = store._state(USER).index
     lock = store._state(USER).lock

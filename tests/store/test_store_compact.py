@@ -14,22 +14,9 @@ from mailsuite.store import Store
 from mailsuite.store import mailbox as mailbox_mod
 from mailsuite.store.index import INDEX_FILE
 
-from .store_helpers import USER, inline_runner, make_message, result_of
+from .store_helpers import USER, defer_bulk_rows, fresh_folder, inline_runner, make_message, result_of
 
 BODY = b"From: a@example.com\r\nSubject: s\r\n\r\nhello\r\n"
-
-
-def _fresh(root: Path, files: list[tuple[str, str]]) -> Store:
-    """A store whose INBOX holds ``(subdir, filename)`` files (content BODY) and has no index yet."""
-    s = Store(root, runner=inline_runner)
-    s.create_user(USER)
-    inbox = s.mailbox(USER, "INBOX").dir
-    s.close()
-    for f in root.rglob("mailsuite-index.sqlite*"):
-        f.unlink()
-    for sub, fn in files:
-        (inbox / sub / fn).write_bytes(BODY)
-    return Store(root, runner=inline_runner)
 
 
 def _expected(files: list[tuple[str, str]]) -> list[tuple[str, str, str, bool]]:
@@ -56,7 +43,7 @@ def test_first_scan_order_matches_the_rules(root: Path) -> None:
               ("new", f"1700000002.M2P1Q1.host,S={len(BODY)}"),
               ("cur", f"1700000002.M2P1Q1.host,S={len(BODY)}:2,F"),
               ("cur", ".hidden:2,"), ("new", ".tmpfile")]
-    store = _fresh(root, files)
+    store = fresh_folder(root, files, BODY)
     try:
         mb = store.mailbox(USER, "INBOX")
         got = [(m.name, m.subdir, m.filename, m.recent) for m in mb.messages()]
@@ -73,7 +60,7 @@ def test_first_scan_order_matches_the_rules(root: Path) -> None:
 def test_first_scan_without_sizes_in_names_and_with_symlinks(root: Path) -> None:
     files = [("cur", "1700000003.M3P1Q1.host:2,S"), ("new", "1700000001.M1P1Q1.host"),
              ("cur", "1700000002.M2P1Q1.host,S=7:2,")]
-    store = _fresh(root, files)
+    store = fresh_folder(root, files, BODY)
     inbox = store.user_dir(USER)
     os.symlink("/etc/hostname", inbox / "cur" / "1700000000.M0P1Q1.host,S=5:2,")
     try:
@@ -172,12 +159,8 @@ def test_claiming_before_the_first_scan_rows_are_written_needs_no_transaction(ro
     rows instead of writing them all before the answer."""
     files = [("cur", f"17000{i:05d}.M{i}P1Q1.host,S={len(BODY)}:2,S") for i in range(20)]
     files += [("new", f"17001{i:05d}.M{i}P1Q1.host,S={len(BODY)}") for i in range(5)]
-    store = _fresh(root, files)
-    later: list = []
-    monkeypatch.setattr(mailbox_mod, "_BULK_DEFER", 10)
-    monkeypatch.setattr(mailbox_mod, "_BULK_CHUNK", 10)
-    monkeypatch.setattr(mailbox_mod, "_reactor_running", lambda: True)
-    monkeypatch.setattr(mailbox_mod, "_call_later", later.append)
+    store = fresh_folder(root, files, BODY)
+    later = defer_bulk_rows(monkeypatch, chunk=10)
     mb = store.mailbox(USER, "INBOX")
     udir = store.user_dir(USER)
     view, recent = mb.select_view(claim=True)

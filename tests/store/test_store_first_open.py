@@ -12,7 +12,7 @@ import pytest
 from mailsuite.store import Store
 from mailsuite.store import mailbox as mailbox_mod
 
-from .store_helpers import USER, inline_runner
+from .store_helpers import USER, defer_bulk_rows, fresh_folder
 
 BODY = b"From: a@example.com\r\nSubject: s\r\n\r\nhello\r\n"
 
@@ -21,26 +21,11 @@ def _user_dir(store: Store) -> Path:
     return store.mailbox(USER, "INBOX").dir
 
 
-def _fresh_folder(root: Path, names: list[tuple[str, str, bytes, float]]) -> Store:
-    """A store whose INBOX holds ``(subdir, filename, data, mtime)`` files and has no index yet."""
-    s = Store(root, runner=inline_runner)
-    s.create_user(USER)
-    inbox = s.mailbox(USER, "INBOX").dir
-    s.close()
-    for f in root.rglob("mailsuite-index.sqlite*"):
-        f.unlink()
-    for sub, fn, data, mtime in names:
-        p = inbox / sub / fn
-        p.write_bytes(data)
-        os.utime(p, (mtime, mtime))
-    return Store(root, runner=inline_runner)
-
-
 def test_first_open_takes_sizes_from_names_and_learns_dates_on_use(root: Path, reopen) -> None:
     files = [("cur", f"17000000{i:02d}.M{i}P1Q1.host,S={len(BODY)}:2,S", BODY, 1_600_000_000.0 + i)
              for i in range(5)]
     files.append(("new", "1700000099.M9P1Q1.host,S=%d" % len(BODY), BODY, 1_600_000_099.0))
-    store = _fresh_folder(root, files)
+    store = fresh_folder(root, files)
     calls: list[str] = []
     real_stat = os.stat
     try:
@@ -73,7 +58,7 @@ def test_first_open_without_or_with_a_wrong_size_in_the_name(root: Path) -> None
         ("cur", "1700000002.M2P1Q1.host,S=12x:2,", BODY, 1_600_000_002.0),             # not a number
         ("cur", "1700000003.M3P1Q1.host,S=9999,W=10010:2,", BODY, 1_600_000_003.0),    # wrong
     ]
-    store = _fresh_folder(root, files)
+    store = fresh_folder(root, files)
     mb = store.mailbox(USER, "INBOX")
     m1, m2, m3 = mb.messages()
     assert (m1.size, m1.internaldate) == (len(BODY), 1_600_000_001.0)  # stat'ed at once
@@ -91,12 +76,8 @@ def test_first_open_without_or_with_a_wrong_size_in_the_name(root: Path) -> None
 def test_big_first_scan_writes_its_rows_after_answering(root: Path, reopen, monkeypatch) -> None:
     n = 25
     files = [("cur", f"17000{i:05d}.M{i}P1Q1.host,S={len(BODY)}:2,", BODY, 1_600_000_000.0) for i in range(n)]
-    store = _fresh_folder(root, files)
-    later: list = []
-    monkeypatch.setattr(mailbox_mod, "_BULK_DEFER", 10)
-    monkeypatch.setattr(mailbox_mod, "_BULK_CHUNK", 10)
-    monkeypatch.setattr(mailbox_mod, "_reactor_running", lambda: True)
-    monkeypatch.setattr(mailbox_mod, "_call_later", later.append)
+    store = fresh_folder(root, files)
+    later = defer_bulk_rows(monkeypatch, chunk=10)
     mb = store.mailbox(USER, "INBOX")
     assert len(mb) == n and mb.uidnext == n + 1
     idx = store._state(USER).index
@@ -126,11 +107,8 @@ def test_big_first_scan_writes_its_rows_after_answering(root: Path, reopen, monk
 def test_a_change_before_the_rows_are_written_writes_them_first(root: Path, reopen, monkeypatch) -> None:
     n = 25
     files = [("cur", f"17000{i:05d}.M{i}P1Q1.host,S={len(BODY)}:2,", BODY, 1_600_000_000.0) for i in range(n)]
-    store = _fresh_folder(root, files)
-    later: list = []
-    monkeypatch.setattr(mailbox_mod, "_BULK_DEFER", 10)
-    monkeypatch.setattr(mailbox_mod, "_reactor_running", lambda: True)
-    monkeypatch.setattr(mailbox_mod, "_call_later", later.append)
+    store = fresh_folder(root, files)
+    later = defer_bulk_rows(monkeypatch)
     mb = store.mailbox(USER, "INBOX")
     idx = store._state(USER).index
     count = lambda: idx.db.execute("SELECT count(*) FROM messages WHERE folder = ?", (mb.fid,)).fetchone()[0]  # noqa: E731
@@ -149,10 +127,8 @@ def test_a_change_before_the_rows_are_written_writes_them_first(root: Path, reop
 def test_rows_not_written_before_a_crash_give_new_uids(root: Path, reopen, monkeypatch) -> None:
     n = 12
     files = [("cur", f"17000{i:05d}.M{i}P1Q1.host,S={len(BODY)}:2,", BODY, 1_600_000_000.0) for i in range(n)]
-    store = _fresh_folder(root, files)
-    monkeypatch.setattr(mailbox_mod, "_BULK_DEFER", 10)
-    monkeypatch.setattr(mailbox_mod, "_reactor_running", lambda: True)
-    monkeypatch.setattr(mailbox_mod, "_call_later", lambda fn: None)  # never runs: "crash"
+    store = fresh_folder(root, files)
+    defer_bulk_rows(monkeypatch, later=lambda fn: None)  # the writer never runs: "crash"
     mb = store.mailbox(USER, "INBOX")
     assert mb.uids() == list(range(1, n + 1))
     uidvalidity = mb.uidvalidity
