@@ -163,28 +163,28 @@ class InboxMaildrop:
     def crlf(self, key: str) -> bool:
         return key in self._crlf
 
-    def mark_seen(self, keys: Sequence[str]) -> None:
-        """One ``set_flags`` (one index commit) for all the messages; those gone meanwhile are skipped."""
-        if isinstance(keys, str):
-            keys = [keys]
+    def _live_uids(self, keys: Sequence[str]) -> list[int]:
+        """The UIDs of those messages that are still there (IMAP may have removed some meanwhile)."""
         uids = []
         for key in keys:
             try:
                 uids.append(self._uid(key))
             except LookupError:
                 continue
+        return uids
+
+    def mark_seen(self, keys: Sequence[str]) -> None:
+        """One ``set_flags`` (one index commit) for all the messages; those gone meanwhile are skipped."""
+        if isinstance(keys, str):
+            keys = [keys]
+        uids = self._live_uids(keys)
         if uids:
             self._mailbox.set_flags(uids, ["\\Seen"], mode="+")
 
     def remove(self, keys: Sequence[str]) -> bool:
         """RFC 1939 §6: flag the messages ``\\Deleted`` and expunge exactly those (IMAP sees them go).
         Messages that IMAP removed meanwhile count as removed."""
-        uids = []
-        for key in keys:
-            try:
-                uids.append(self._uid(key))
-            except LookupError:
-                continue
+        uids = self._live_uids(keys)
         if not uids:
             return True
         self._mailbox.set_flags(uids, ["\\Deleted"], mode="+")
