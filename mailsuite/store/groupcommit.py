@@ -10,13 +10,15 @@ so latency does not suffer; under load the flushes per message fall.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "ThreadGroupCommit"]
 
 J = TypeVar("J")
 
@@ -73,3 +75,100 @@ class GroupCommit(Generic[J]):
                 else:
                     d.callback(result)
         self._kick()
+
+
+class ThreadGroupCommit(Generic[J]):
+    """:class:`GroupCommit` with its own worker thread instead of a runner (the server's delivery path).
+
+    The worker takes whatever jobs wait (at most ``max_batch``), runs ``work`` on them, hands the results
+    to the reactor thread with one ``callFromThread`` per batch and goes straight on with the jobs that
+    arrived meanwhile.  Per batch that is one wake-up of the worker (only if it was idle) and one of the
+    reactor, where ``deferToThread`` per batch cost a thread-pool round and a reactor round in between, each
+    with its GIL hand-offs (bench 1-2: context switches per message 15 → 12 with the worker thread).  The
+    thread starts with the first job and stops (after the jobs it has) at :meth:`stop` or reactor shutdown.
+    """
+
+    def __init__(self, work: Callable[[list[J]], list[Any]], max_batch: int = 64, reactor: Any = None,
+                 name: str = "mailsuite-delivery") -> None:
+        self._work = work
+        self._max_batch = max(1, max_batch)
+        self._reactor = reactor
+        self._name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: deque[tuple[J, defer.Deferred]] = deque()
+        self._idle = False                  # the worker waits on _cond (so a submit must notify it)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._running = 0                   # jobs handed to the worker and not yet answered
+        self.batches = 0
+        self.jobs = 0
+
+    @property
+    def busy(self) -> bool:
+        """True while jobs wait or run (read on the reactor thread)."""
+        return self._running > 0
+
+    def submit(self, job: J) -> defer.Deferred:
+        """Queue ``job``; the Deferred fires on the reactor thread with its result or its exception."""
+        d: defer.Deferred = defer.Deferred()
+        if self._thread is None:
+            self._start()
+        if self._stopping:
+            return defer.fail(RuntimeError("the delivery writer is stopped"))
+        self._running += 1
+        with self._cond:
+            self._pending.append((job, d))
+            if self._idle:
+                self._cond.notify()
+        return d
+
+    def _start(self) -> None:
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+        self._thread.start()
+        add_trigger = getattr(self._reactor, "addSystemEventTrigger", None)
+        if add_trigger is not None:
+            add_trigger("during", "shutdown", self.stop)
+
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """Let the worker finish the jobs it has, then end it (blocking; idempotent)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._idle = True
+                    self._cond.wait()
+                    self._idle = False
+                if not self._pending:
+                    return
+                batch = [self._pending.popleft() for _ in range(min(len(self._pending), self._max_batch))]
+            try:
+                results: Any = self._work([job for job, _d in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"group commit: {len(results)} results for {len(batch)} jobs")
+            except BaseException as e:  # noqa: BLE001 - the whole batch fails; the worker goes on
+                results = Failure(e)
+            self._reactor.callFromThread(self._done, batch, results)
+
+    def _done(self, batch: list[tuple[J, defer.Deferred]], results: Any) -> None:
+        self._running -= len(batch)
+        self.batches += 1
+        self.jobs += len(batch)
+        if isinstance(results, Failure):
+            for _job, d in batch:
+                d.errback(results)
+            return
+        for (_job, d), result in zip(batch, results):
+            if isinstance(result, BaseException):
+                d.errback(Failure(result))
+            else:
+                d.callback(result)

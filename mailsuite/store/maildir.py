@@ -23,6 +23,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from .flush import have_syncfs, link_no_clobber, rename_no_clobber, syncfs
 
 __all__ = [
     "FLAG_LETTERS",
@@ -141,29 +144,6 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def link_no_clobber(src: Path | str, dst: Path | str) -> None:
-    """Make ``dst`` name the file ``src`` names, then drop ``src``; never overwrite ``dst``.
-
-    Uses ``link()`` + ``unlink()`` (fails with FileExistsError if ``dst`` exists).  On file systems
-    without hard links falls back to ``rename()`` after an existence check.
-    """
-    try:
-        os.link(src, dst)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
-            raise
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "destination exists", str(dst)) from e
-        os.rename(src, dst)
-        return
-    try:
-        os.unlink(src)
-    except FileNotFoundError:
-        pass
-
-
 def normalize_line_ends(data: bytes) -> bytes:
     """Turn bare LF into CRLF (messages are stored with CRLF, so file size = RFC822.SIZE)."""
     if b"\n" not in data:
@@ -205,21 +185,24 @@ def write_messages(
 ) -> list[WrittenMessage | BaseException]:
     """:func:`write_message` for several messages at once, sharing the disk flushes (group commit).
 
-    ``jobs`` are ``(folder_dir, data, letters, mtime)``.  Phases: write every tmp/ file; fsync each (on ext4 the first
-    fsync's journal commit carries the others' data, so the rest are cheap); link each into ``new/`` or
-    ``cur/``; fsync each directory once.  One result per job, in order: the :class:`WrittenMessage`, or the
-    exception that job met (the other jobs go on).  A job whose directory fsync fails is unlinked again, so
-    a failure reported to the sender never leaves a copy behind that its retry would duplicate.  Blocking.
+    ``jobs`` are ``(folder_dir, data, letters, mtime)``.  Phases: write every ``tmp/`` file; flush them;
+    rename each into ``new/`` or ``cur/`` (never overwriting); flush the directories.  A batch of two or
+    more flushes with one ``syncfs`` per file system and phase (:mod:`.flush`): two calls whatever the
+    batch size, where per-file ``fsync`` needs one per file and one per directory.  A lone job fsyncs its
+    file and directory.  One result per job, in order: the :class:`WrittenMessage`, or the exception that
+    job met (the other jobs go on).  A job whose final flush fails is unlinked again, so a failure reported
+    to the sender never leaves a copy behind that its retry would duplicate.  Blocking.
     """
     results: list[WrittenMessage | BaseException | None] = [None] * len(jobs)
-    open_files: list[tuple[int, int, str]] = []              # (job, fd, tmp path)
+    written: list[tuple[int, int, str, str, os.stat_result]] = []     # (job, fd, tmp path, base, stat)
     for i, (folder_dir, data, _letters, mtime) in enumerate(jobs):
         tmp_dir = f"{os.fspath(folder_dir)}/tmp/"
         fd = None
         path = ""
         try:
             for _attempt in range(100):
-                path = tmp_dir + unique_base(len(data))
+                base = unique_base(len(data))
+                path = tmp_dir + base
                 try:
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                     break
@@ -232,35 +215,54 @@ def write_messages(
                 view = view[os.write(fd, view):]
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))
-            open_files.append((i, fd, path))
+            written.append((i, fd, path, base, os.fstat(fd)))
         except BaseException as e:  # noqa: BLE001 - reported for this job only
             if fd is not None:
                 _discard(fd, path)
             results[i] = e
-    synced: list[tuple[int, str, os.stat_result]] = []
-    for i, fd, path in open_files:
-        try:
-            os.fsync(fd)
-            st = os.fstat(fd)
-        except BaseException as e:  # noqa: BLE001
-            _discard(fd, path)
-            results[i] = e
-            continue
-        os.close(fd)
-        synced.append((i, path, st))
-    by_dir: dict[str, list[tuple[int, str]]] = {}
-    for i, path, st in synced:
+    group = len(written) > 1 and have_syncfs()
+    # -- flush the files (DESIGN §3: the data is on disk before a name in new/ or cur/ points at it)
+    synced: list[tuple[int, int, str, str, os.stat_result]] = []
+    if group:
+        for fds in _by_device(written).values():
+            try:
+                syncfs(fds[0][1])
+            except BaseException as e:  # noqa: BLE001 - every job on this file system failed
+                for i, fd, path, _base, _st in fds:
+                    _discard(fd, path)
+                    results[i] = e
+                continue
+            synced.extend(fds)
+    else:
+        for item in written:
+            i, fd, path, _base, _st = item
+            try:
+                os.fsync(fd)
+            except BaseException as e:  # noqa: BLE001
+                _discard(fd, path)
+                results[i] = e
+                continue
+            synced.append(item)
+    # -- move them into place; keep one descriptor per file system open for the second syncfs
+    keep: dict[int, int] = {}
+    moved: list[tuple[int, str, int]] = []                       # (job, final path, device)
+    for i, fd, path, base, st in sorted(synced):
+        if group and st.st_dev not in keep:
+            keep[st.st_dev] = fd
+        else:
+            os.close(fd)
         folder_dir, _data, letters, _mtime = jobs[i]
         subdir = "new" if letters is None else "cur"
         suffix = "" if letters is None else make_suffix(letters)
-        target_dir = f"{os.fspath(folder_dir)}/{subdir}"
+        target_dir = f"{os.fspath(folder_dir)}/{subdir}/"
         try:
             for _attempt in range(100):
-                filename = unique_base(st.st_size) + suffix
+                filename = base + suffix
                 try:
-                    link_no_clobber(path, f"{target_dir}/{filename}")
+                    rename_no_clobber(path, target_dir + filename)
                     break
                 except FileExistsError:
+                    base = unique_base(st.st_size)
                     continue
             else:
                 raise OSError(errno.EEXIST, "could not find a unique Maildir file name", str(folder_dir))
@@ -269,15 +271,40 @@ def write_messages(
             results[i] = e
             continue
         results[i] = WrittenMessage(filename, subdir, st.st_size, st.st_mtime)
-        by_dir.setdefault(target_dir, []).append((i, filename))
-    for target_dir, linked in by_dir.items():
-        try:
-            fsync_dir(target_dir)
-        except BaseException as e:  # noqa: BLE001
-            for i, filename in linked:
-                _discard(None, f"{target_dir}/{filename}")
-                results[i] = e
+        moved.append((i, target_dir + filename, st.st_dev))
+    # -- flush the directories
+    try:
+        if group:
+            for dev, fd in keep.items():
+                _flush_or_undo(lambda fd=fd: syncfs(fd), [m for m in moved if m[2] == dev], results)
+        else:
+            by_dir: dict[str, list[tuple[int, str, int]]] = {}
+            for m in moved:
+                by_dir.setdefault(os.path.dirname(m[1]), []).append(m)
+            for target_dir, items in by_dir.items():
+                _flush_or_undo(lambda d=target_dir: fsync_dir(d), items, results)
+    finally:
+        for fd in keep.values():
+            os.close(fd)
     return results  # type: ignore[return-value]
+
+
+def _by_device(written: list[tuple[int, int, str, str, os.stat_result]]) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for item in written:
+        out.setdefault(item[4].st_dev, []).append(item)
+    return out
+
+
+def _flush_or_undo(flush: Callable[[], None], moved: list[tuple[int, str, int]],
+                   results: list[WrittenMessage | BaseException | None]) -> None:
+    """Run ``flush``; if it fails, take the moved files back out and fail their jobs."""
+    try:
+        flush()
+    except BaseException as e:  # noqa: BLE001
+        for i, final, _dev in moved:
+            _discard(None, final)
+            results[i] = e
 
 
 def link_message(folder_dir: Path, src: Path, letters: str | None = None, mtime: float | None = None) -> WrittenMessage:

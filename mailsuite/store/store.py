@@ -22,7 +22,7 @@ from ..memory import trim_malloc
 from . import dovecot
 from .errors import InvalidMailboxName, InvalidUser, MailboxExists, MailboxNotFound, StoreError
 from .dovecot import write_file_atomic
-from .groupcommit import GroupCommit
+from .groupcommit import GroupCommit, ThreadGroupCommit
 from .index import UserIndex
 from .mailbox import Mailbox, normalize_flags, validate_keywords
 from .maildir import (
@@ -111,11 +111,13 @@ def _canonical_user(user: str) -> str:
     return f"{local}@{domain}"
 
 
-#: Group commit of deliveries: batches of at most DELIVERY_BATCH, at most DELIVERY_THREADS at once (of the
-#: reactor's pool of 10).  Concurrent fsyncs share the file system's journal commits, so several small
-#: batches beat one big one when each message goes to another user's directory (bench 7b).
+#: Group commit of deliveries: batches of at most DELIVERY_BATCH.  The server's worker thread runs one batch
+#: at a time (a batch of many users' deliveries costs two ``syncfs`` calls, :func:`maildir.write_messages`);
+#: with an injected runner (tests) at most DELIVERY_THREADS batches run at once.
 DELIVERY_BATCH = 16
-DELIVERY_THREADS = 4
+DELIVERY_THREADS = 2
+#: How long a delivery reuses its folder checks (:meth:`Store._delivery_target`).
+TARGET_CHECK_SECONDS = 1.0
 
 #: Default bound on open per-user SQLite connections (bench 7a: one per user otherwise).
 MAX_OPEN_INDEXES = 64
@@ -188,9 +190,16 @@ class Store:
         #: Users whose index connection is open; at most ``max_open_indexes`` stay so.
         self._max_open = max(1, max_open_indexes)
         self._open_indexes: set[_UserState] = set()
-        #: Deliveries arriving together share their disk flushes (group commit).
-        self._deliveries: GroupCommit[tuple[str, bytes, str, str]] = GroupCommit(
-            self._runner, self._write_deliveries, max_inflight=DELIVERY_THREADS, max_batch=DELIVERY_BATCH)
+        #: Deliveries arriving together share their disk flushes (group commit): in the server one worker
+        #: thread of their own; with an injected runner (tests) batches through it.
+        self._deliveries: GroupCommit[tuple[str, bytes, str, str]] | ThreadGroupCommit[tuple[str, bytes, str, str]]
+        if runner is None:
+            self._deliveries = ThreadGroupCommit(self._write_deliveries, max_batch=DELIVERY_BATCH)
+        else:
+            self._deliveries = GroupCommit(runner, self._write_deliveries, max_inflight=DELIVERY_THREADS,
+                                           max_batch=DELIVERY_BATCH)
+        #: (user, folder) -> (valid until, folder used, its directory): see :meth:`_delivery_target`.
+        self._targets: dict[tuple[str, str], tuple[float, str, Path]] = {}
         #: Crash epoch (:meth:`start_run`); 0 = not tracked (tools and tests that open the store briefly).
         self.epoch = 0
 
@@ -321,47 +330,78 @@ class Store:
 
     # -- delivery -----------------------------------------------------------------------------
 
-    def _prepare_delivery(self, user: str, data: bytes, folder: str, flags: str) -> tuple[str, Path, bytes, str | None]:
-        """Checks and folder creation of a delivery (any thread): (folder used, its directory, CRLF data, letters)."""
+    def _delivery_target(self, user: str, folder: str, fresh: bool) -> tuple[str, Path]:
+        """(folder used, its directory) for a delivery: the account tree made if missing, a missing or unsafe
+        folder replaced by INBOX (DESIGN §4: no symlinked Maildir).  The checks cost up to eight ``stat``
+        calls, each a GIL hand-off in the delivery thread (bench 1-2), so a result is reused for
+        ``TARGET_CHECK_SECONDS``; ``fresh`` checks again (a delivery whose cached folder vanished)."""
+        key = (user, folder)
+        now = time.monotonic()
+        hit = None if fresh else self._targets.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1], hit[2]
         st = self._state(user)
         name = validate_name(folder)
-        if any(c not in LETTER_FLAGS for c in flags):
-            raise ValueError(f"bad Maildir flag letters {flags!r}")
         if not (st.dir / "cur").is_dir():
             self.create_user(user)
         fdir = st.dir / folder_dirname(name)
         if name != INBOX and not is_maildir(fdir):
             name, fdir = INBOX, st.dir
         if not is_maildir(st.dir, top_may_link=True):
+            self._targets.pop(key, None)
             raise OSError(errno.ELOOP, "INBOX is not a plain Maildir (symlinked cur/new/tmp?)", str(st.dir))
+        if len(self._targets) >= 4096:
+            self._targets.clear()
+        self._targets[key] = (now + TARGET_CHECK_SECONDS, name, fdir)
+        return name, fdir
+
+    def _prepare_delivery(self, user: str, data: bytes, folder: str, flags: str,
+                          fresh: bool = False) -> tuple[str, Path, bytes, str | None]:
+        """Checks and folder creation of a delivery (any thread): (folder used, its directory, CRLF data, letters)."""
+        if any(c not in LETTER_FLAGS for c in flags):
+            raise ValueError(f"bad Maildir flag letters {flags!r}")
+        name, fdir = self._delivery_target(user, folder, fresh)
         return name, fdir, normalize_line_ends(data), flags or None
 
     def _write_delivery(self, user: str, data: bytes, folder: str, flags: str) -> tuple[str, WrittenMessage]:
         """File work of a delivery (any thread): returns the folder used and the written file."""
-        name, fdir, data, letters = self._prepare_delivery(user, data, folder, flags)
-        return name, write_message(fdir, data, letters)
+        result = self._write_deliveries([(user, data, folder, flags)], index=False)[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-    def _write_deliveries(self, jobs: list[tuple[str, bytes, str, str]]) -> list[Any]:
-        """File work of a group of deliveries (one thread task; see :mod:`.groupcommit`)."""
+    def _write_deliveries(self, jobs: list[tuple[str, bytes, str, str]], index: bool = True) -> list[Any]:
+        """File work of a group of deliveries (one thread task; see :mod:`.groupcommit`), then (``index``)
+        indexing them where a session has the folder open."""
         results: list[Any] = [None] * len(jobs)
-        prepared: list[tuple[int, str, tuple[Path, bytes, str | None, None]]] = []
-        for i, (user, data, folder, flags) in enumerate(jobs):
-            try:
-                name, fdir, data, letters = self._prepare_delivery(user, data, folder, flags)
-            except BaseException as e:  # noqa: BLE001 - this delivery fails, the others go on
-                results[i] = e
-                continue
-            prepared.append((i, name, (fdir, data, letters, None)))
-        written = write_messages([job for _i, _n, job in prepared])
-        for (i, name, job), result in zip(prepared, written, strict=True):
-            if isinstance(result, BaseException):
-                results[i] = result
-                continue
-            # index it here too, off the reactor thread: with many users the index connection is often
-            # closed (at most MAX_OPEN_INDEXES stay open), and reopening / closing them means fsyncs
-            # (bench 7b: 2000 IDLE users, 80 % of the reactor thread before this)
-            self._index_delivery(jobs[i][0], name, result, job[1])
-            results[i] = (name, result)
+        todo = list(range(len(jobs)))
+        for fresh in (False, True):
+            prepared: list[tuple[int, str, tuple[Path, bytes, str | None, None]]] = []
+            for i in todo:
+                user, data, folder, flags = jobs[i]
+                try:
+                    name, fdir, data, letters = self._prepare_delivery(user, data, folder, flags, fresh)
+                except BaseException as e:  # noqa: BLE001 - this delivery fails, the others go on
+                    results[i] = e
+                    continue
+                prepared.append((i, name, (fdir, data, letters, None)))
+            written = write_messages([job for _i, _n, job in prepared])
+            todo = []
+            for (i, name, job), result in zip(prepared, written, strict=True):
+                if isinstance(result, FileNotFoundError) and not fresh:
+                    todo.append(i)          # the folder went away since it was checked: check again
+                    continue
+                if isinstance(result, BaseException):
+                    results[i] = result
+                    continue
+                # index it here too, off the reactor thread: with many users the index connection is often
+                # closed (at most MAX_OPEN_INDEXES stay open), and reopening / closing them means fsyncs
+                # (bench 7b: 2000 IDLE users, 80 % of the reactor thread before this)
+                if index:
+                    self._index_delivery(jobs[i][0], name, result, job[1])
+                results[i] = (name, result)
+            if not todo:
+                break
         return results
 
     def deliver_sync(self, user: str, data: bytes, folder: str = INBOX, flags: str = "") -> str:
@@ -570,6 +610,7 @@ class Store:
 
         Raises MailboxExists (also for INBOX) or InvalidMailboxName (``*``/``%`` are refused).
         """
+        self._targets.clear()     # deliveries check their folder again
         if name.endswith(DELIMITER):
             name = name[:-1]
         name = validate_name(name)
@@ -591,6 +632,7 @@ class Store:
     def delete_mailbox(self, user: str, name: str) -> None:
         """DELETE (RFC 3501 §6.3.4): removes the folder and its messages; children are kept.
         INBOX cannot be deleted."""
+        self._targets.clear()     # deliveries check their folder again
         name = validate_name(name)
         if name == INBOX:
             raise StoreError("INBOX cannot be deleted")
@@ -613,6 +655,7 @@ class Store:
     def rename_mailbox(self, user: str, old: str, new: str) -> str:
         """RENAME (RFC 3501 §6.3.5); children move along.  Renaming INBOX moves all its messages
         into a new folder ``new`` and leaves INBOX empty (its children stay).  Returns the new name."""
+        self._targets.clear()     # deliveries check their folder again
         old = validate_name(old)
         new = validate_name(new)
         if any(c in new for c in _WILDCARDS):
@@ -823,6 +866,9 @@ class Store:
         """Flush caches and close every index (the Store can be reopened with a new instance).  After a
         :meth:`start_run`, a close that closed every index (each checkpointed and fsynced by SQLite)
         records the clean stop."""
+        stop = getattr(self._deliveries, "stop", None)
+        if stop is not None:
+            stop()          # the deliveries the worker has are written first
         with self._lock:
             states = list(self._users.values())
             self._users.clear()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 from twisted.internet import defer
 
 from mailsuite.store import Store
-from mailsuite.store.groupcommit import GroupCommit
+from mailsuite.store.groupcommit import GroupCommit, ThreadGroupCommit
 from mailsuite.store.maildir import WrittenMessage, make_maildir, write_messages
 
 from .store_helpers import USER, make_message
@@ -121,5 +124,143 @@ def test_store_delivery_through_group_commit(tmp_path: Path) -> None:
         assert store._deliveries.batches < 6
         mb = store.mailbox(USER, "INBOX")
         assert len(mb.messages()) == 5
+    finally:
+        store.close()
+
+
+class QueueReactor:
+    """Stands in for the reactor of :class:`ThreadGroupCommit`: ``callFromThread`` queues the call, and
+    the test runs the queued calls on its own thread, as the reactor thread would."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue = queue.Queue()
+
+    def callFromThread(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.calls.put((fn, args))
+
+    def run_one(self, timeout: float = 10.0) -> None:
+        fn, args = self.calls.get(timeout=timeout)
+        fn(*args)
+
+
+def test_worker_thread_batches_what_arrives_while_it_writes() -> None:
+    started, release = threading.Event(), threading.Event()
+    seen: list[list[int]] = []
+
+    def work(jobs: list[int]) -> list[Any]:
+        seen.append(list(jobs))
+        if jobs == [1]:
+            started.set()
+            assert release.wait(10)
+        return [ValueError(j) if j < 0 else j * 10 for j in jobs]
+
+    reactor = QueueReactor()
+    gc: ThreadGroupCommit[int] = ThreadGroupCommit(work, max_batch=3, reactor=reactor)
+    out: list = []
+    _collect(gc.submit(1), out)
+    assert started.wait(10)
+    for j in (2, -3, 4, 5):                 # arrive while [1] is being written
+        _collect(gc.submit(j), out)
+    assert gc.busy
+    release.set()
+    for _ in range(3):
+        reactor.run_one()
+    assert seen == [[1], [2, -3, 4], [5]]     # at most max_batch at once, in arrival order
+    assert [k for k, _r in out] == ["ok", "ok", "err", "ok", "ok"]
+    assert [r for k, r in out if k == "ok"] == [10, 20, 40, 50]
+    assert isinstance(out[2][1], ValueError)
+    assert not gc.busy and gc.batches == 3 and gc.jobs == 5
+    gc.stop()
+
+
+def test_worker_thread_survives_a_crashing_batch_and_stops_after_its_jobs() -> None:
+    def work(jobs: list[int]) -> list[Any]:
+        if 99 in jobs:
+            raise RuntimeError("writer crashed")
+        return jobs
+
+    reactor = QueueReactor()
+    gc: ThreadGroupCommit[int] = ThreadGroupCommit(work, max_batch=1, reactor=reactor)
+    out: list = []
+    _collect(gc.submit(99), out)
+    _collect(gc.submit(7), out)
+    gc.stop()                               # returns once the worker has both batches done
+    while not reactor.calls.empty():
+        reactor.run_one()
+    assert out[0][0] == "err" and isinstance(out[0][1], RuntimeError) and out[1] == ("ok", 7)
+    late: list = []
+    _collect(gc.submit(8), late)
+    assert late[0][0] == "err"              # a stopped writer refuses (the SMTP client gets a 451)
+
+
+def test_store_delivery_through_the_worker_thread(tmp_path: Path) -> None:
+    reactor = QueueReactor()
+    store = Store(tmp_path / "mail")
+    store._deliveries._reactor = reactor
+    try:
+        store.create_user(USER)
+        out: list = []
+        for i in range(4):
+            _collect(store.deliver(USER, make_message(i)), out)
+        while len(out) < 4:
+            reactor.run_one()
+        assert [k for k, _r in out] == ["ok"] * 4
+        assert len(store.mailbox(USER, "INBOX").messages()) == 4
+    finally:
+        store.close()
+
+
+def test_write_messages_without_syncfs_fsyncs_each(tmp_path: Path, monkeypatch) -> None:
+    import mailsuite.store.maildir as maildir_mod
+
+    calls: list[str] = []
+    monkeypatch.setattr(maildir_mod, "have_syncfs", lambda: False)
+    real_fsync = os.fsync
+    monkeypatch.setattr(maildir_mod.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_maildir(a, subfolder=False)
+    make_maildir(b, subfolder=False)
+    calls.clear()
+    results = write_messages([(a, b"one\r\n", None, None), (b, b"two\r\n", None, None), (a, b"3\r\n", None, None)])
+    assert all(isinstance(r, WrittenMessage) for r in results)
+    assert calls == ["fsync"] * 5           # three files, two directories
+    assert sorted(os.listdir(a / "new")) == sorted(r.filename for r in (results[0], results[2]))
+
+
+def test_write_messages_failed_final_flush_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    import mailsuite.store.maildir as maildir_mod
+
+    if not maildir_mod.have_syncfs():
+        pytest.skip("needs syncfs (Linux)")
+    flushes: list[int] = []
+
+    def failing_second(fd: int) -> None:
+        flushes.append(fd)
+        if len(flushes) == 2:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(maildir_mod, "syncfs", failing_second)
+    a = tmp_path / "a"
+    make_maildir(a, subfolder=False)
+    results = write_messages([(a, b"one\r\n", None, None), (a, b"two\r\n", "S", None)])
+    assert all(isinstance(r, OSError) and r.errno == 5 for r in results)
+    assert os.listdir(a / "new") == [] and os.listdir(a / "cur") == [] and os.listdir(a / "tmp") == []
+
+
+def test_delivery_rechecks_a_folder_that_vanished(tmp_path: Path) -> None:
+    """The folder checks are reused for a second; a folder removed behind the store's back meanwhile
+    makes the delivery check again and fall back to INBOX instead of failing."""
+    import shutil
+
+    from .store_helpers import inline_runner, result_of
+
+    store = Store(tmp_path / "mail", runner=inline_runner)
+    try:
+        store.create_user(USER)
+        store.create_mailbox(USER, "Work")
+        result_of(store.deliver(USER, make_message(1), folder="Work"))
+        shutil.rmtree(store.user_dir(USER) / ".Work")
+        result_of(store.deliver(USER, make_message(2), folder="Work"))
+        assert len(store.mailbox(USER, "INBOX").messages()) == 1
     finally:
         store.close()
