@@ -102,8 +102,11 @@ DEFERRED_WRITE_BACKLOG = 20_000
 class MailService(service.MultiService):
     """Every listener of one mailsuite process, plus the relay queue runner."""
 
-    def __init__(self, settings: Settings, reactor: Any = None, *, run_as: tuple[int, int] | None = None) -> None:
+    def __init__(self, settings: Settings, reactor: Any = None, *, run_as: tuple[int, int] | None = None,
+                 fast_log: bool = False) -> None:
         super().__init__()
+        #: twistd logs to standard output: give the application mailsuite.logtext's observer (same lines)
+        self.fast_log = fast_log
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -111,6 +114,14 @@ class MailService(service.MultiService):
         limit_malloc_arenas()      # before the thread pool starts
         self.ctx: ServerContext | None = None
         self.ports: list[tuple[str, str, Any]] = []
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd passes its application here before it starts logging, and logs to an ILogObserver
+        # component of the application if one is set (as a .tac file would set it)
+        if self.fast_log:
+            from mailsuite.logtext import install
+            install(parent)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:

@@ -78,28 +78,30 @@ class GroupCommit(Generic[J]):
 
 
 class ThreadGroupCommit(Generic[J]):
-    """:class:`GroupCommit` with its own worker thread instead of a runner (the server's delivery path).
+    """:class:`GroupCommit` with worker threads of its own instead of a runner (the server's delivery path).
 
-    The worker takes whatever jobs wait (at most ``max_batch``), runs ``work`` on them, hands the results
-    to the reactor thread with one ``callFromThread`` per batch and goes straight on with the jobs that
-    arrived meanwhile.  Per batch that is one wake-up of the worker (only if it was idle) and one of the
-    reactor, where ``deferToThread`` per batch cost a thread-pool round and a reactor round in between, each
-    with its GIL hand-offs (bench 1-2: context switches per message 15 → 12 with the worker thread).  The
-    thread starts with the first job and stops (after the jobs it has) at :meth:`stop` or reactor shutdown.
+    A worker takes whatever jobs wait (at most ``max_batch``), runs ``work`` on them, hands the results to
+    the reactor thread with one ``callFromThread`` per batch and goes straight on with the jobs that arrived
+    meanwhile.  Per batch that is one wake-up of a worker (only if one was idle) and one of the reactor,
+    where ``deferToThread`` per batch cost a thread-pool round and a reactor round in between, each with
+    its GIL hand-offs.  With ``threads`` > 1 a second batch is written while the first waits for the disk.
+    The threads start with the first job and stop (after the jobs they have) at :meth:`stop` or at reactor
+    shutdown.
     """
 
     def __init__(self, work: Callable[[list[J]], list[Any]], max_batch: int = 64, reactor: Any = None,
-                 name: str = "mailsuite-delivery") -> None:
+                 threads: int = 1, name: str = "mailsuite-delivery") -> None:
         self._work = work
         self._max_batch = max(1, max_batch)
         self._reactor = reactor
         self._name = name
         self._cond = threading.Condition(threading.Lock())
         self._pending: deque[tuple[J, defer.Deferred]] = deque()
-        self._idle = False                  # the worker waits on _cond (so a submit must notify it)
+        self._idle = 0                      # workers waiting on _cond (a submit must notify one)
         self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._running = 0                   # jobs handed to the worker and not yet answered
+        self._count = max(1, threads)
+        self._threads: list[threading.Thread] = []
+        self._running = 0                   # jobs handed to the workers and not yet answered
         self.batches = 0
         self.jobs = 0
 
@@ -110,11 +112,11 @@ class ThreadGroupCommit(Generic[J]):
 
     def submit(self, job: J) -> defer.Deferred:
         """Queue ``job``; the Deferred fires on the reactor thread with its result or its exception."""
-        d: defer.Deferred = defer.Deferred()
-        if self._thread is None:
+        if not self._threads:
             self._start()
         if self._stopping:
             return defer.fail(RuntimeError("the delivery writer is stopped"))
+        d: defer.Deferred = defer.Deferred()
         self._running += 1
         with self._cond:
             self._pending.append((job, d))
@@ -126,28 +128,30 @@ class ThreadGroupCommit(Generic[J]):
         if self._reactor is None:
             from twisted.internet import reactor
             self._reactor = reactor
-        self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-        self._thread.start()
+        for n in range(self._count):
+            thread = threading.Thread(target=self._loop, name=f"{self._name}-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         add_trigger = getattr(self._reactor, "addSystemEventTrigger", None)
         if add_trigger is not None:
             add_trigger("during", "shutdown", self.stop)
 
     def stop(self, timeout: float | None = 60.0) -> None:
-        """Let the worker finish the jobs it has, then end it (blocking; idempotent)."""
+        """Let the workers finish the jobs they have, then end them (blocking; idempotent)."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
 
     def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._pending and not self._stopping:
-                    self._idle = True
+                    self._idle += 1
                     self._cond.wait()
-                    self._idle = False
+                    self._idle -= 1
                 if not self._pending:
                     return
                 batch = [self._pending.popleft() for _ in range(min(len(self._pending), self._max_batch))]

@@ -37,7 +37,9 @@ class MailsuiteServiceMaker:
         if uid is not None:
             import pwd
             run_as = (int(uid), int(gid) if gid is not None else pwd.getpwuid(int(uid)).pw_gid)
-        return MailService(settings, run_as=run_as)
+        from mailsuite.logtext import wants_stdout
+
+        return MailService(settings, run_as=run_as, fast_log=wants_stdout(parent))
 
 
 serviceMaker = MailsuiteServiceMaker()
