@@ -314,11 +314,12 @@ class Delivery:
     def _store(self, user: str, folder: str | None, data: bytes) -> defer.Deferred:
         store = self.ctx.store
         name = self._folder(user, folder)
+        # the content has CRLF line ends only (MessageBody normalises them), so the store need not check
         if name == "INBOX":
-            return store.deliver(user, data, "INBOX")
+            return store.deliver(user, data, "INBOX", crlf=True)
         # a folder that cannot take the message (vanished, invalid name) falls back to INBOX
-        d = store.deliver(user, data, name)
-        return d.addErrback(lambda _f: store.deliver(user, data, "INBOX"))
+        d = store.deliver(user, data, name, crlf=True)
+        return d.addErrback(lambda _f: store.deliver(user, data, "INBOX", crlf=True))
 
     def _enqueue(self, env: Envelope, external: list[str], data: bytes, now: float) -> defer.Deferred:
         dsn = _dsn(env, external)

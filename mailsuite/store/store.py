@@ -195,7 +195,7 @@ class Store:
         self._open_indexes: set[_UserState] = set()
         #: Deliveries arriving together share their disk flushes (group commit): in the server one worker
         #: thread of their own; with an injected runner (tests) batches through it.
-        self._deliveries: GroupCommit[tuple[str, bytes, str, str]] | ThreadGroupCommit[tuple[str, bytes, str, str]]
+        self._deliveries: GroupCommit[tuple[str, bytes, str, str, bool]] | ThreadGroupCommit[tuple[str, bytes, str, str, bool]]
         if runner is None:
             self._deliveries = ThreadGroupCommit(self._write_deliveries, max_batch=DELIVERY_BATCH,
                                                  threads=DELIVERY_WORKERS)
@@ -359,22 +359,23 @@ class Store:
         self._targets[key] = (now + TARGET_CHECK_SECONDS, name, fdir)
         return name, fdir
 
-    def _prepare_delivery(self, user: str, data: bytes, folder: str, flags: str,
-                          fresh: bool = False) -> tuple[str, Path, bytes, str | None]:
-        """Checks and folder creation of a delivery (any thread): (folder used, its directory, CRLF data, letters)."""
+    def _prepare_delivery(self, user: str, data: bytes, folder: str, flags: str, fresh: bool = False,
+                          crlf: bool = False) -> tuple[str, Path, bytes, str | None]:
+        """Checks and folder creation of a delivery (any thread): (folder used, its directory, CRLF data, letters).
+        ``crlf``: the caller vouches that ``data`` has CRLF line ends only (SMTP content; saves two scans)."""
         if any(c not in LETTER_FLAGS for c in flags):
             raise ValueError(f"bad Maildir flag letters {flags!r}")
         name, fdir = self._delivery_target(user, folder, fresh)
-        return name, fdir, normalize_line_ends(data), flags or None
+        return name, fdir, data if crlf else normalize_line_ends(data), flags or None
 
     def _write_delivery(self, user: str, data: bytes, folder: str, flags: str) -> tuple[str, WrittenMessage]:
         """File work of a delivery (any thread): returns the folder used and the written file."""
-        result = self._write_deliveries([(user, data, folder, flags)], index=False)[0]
+        result = self._write_deliveries([(user, data, folder, flags, False)], index=False)[0]
         if isinstance(result, BaseException):
             raise result
         return result
 
-    def _write_deliveries(self, jobs: list[tuple[str, bytes, str, str]], index: bool = True) -> list[Any]:
+    def _write_deliveries(self, jobs: list[tuple[str, bytes, str, str, bool]], index: bool = True) -> list[Any]:
         """File work of a group of deliveries (one thread task; see :mod:`.groupcommit`), then (``index``)
         indexing them where a session has the folder open."""
         results: list[Any] = [None] * len(jobs)
@@ -382,9 +383,9 @@ class Store:
         for fresh in (False, True):
             prepared: list[tuple[int, str, tuple[Path, bytes, str | None, None]]] = []
             for i in todo:
-                user, data, folder, flags = jobs[i]
+                user, data, folder, flags, crlf = jobs[i]
                 try:
-                    name, fdir, data, letters = self._prepare_delivery(user, data, folder, flags, fresh)
+                    name, fdir, data, letters = self._prepare_delivery(user, data, folder, flags, fresh, crlf)
                 except BaseException as e:  # noqa: BLE001 - this delivery fails, the others go on
                     results[i] = e
                     continue
@@ -414,7 +415,8 @@ class Store:
         flags the file goes to ``cur/``, else to ``new/``.  A missing folder means INBOX."""
         return self._write_delivery(user, data, folder, flags)[1].filename
 
-    def deliver(self, user: str, data: bytes, folder: str = INBOX, flags: str = "") -> defer.Deferred:
+    def deliver(self, user: str, data: bytes, folder: str = INBOX, flags: str = "", *,
+                crlf: bool = False) -> defer.Deferred:
         """Durable delivery (SMTP: answer 250 only once this fires).  The file work (write, fsync,
         link, directory fsync) and the indexing run through the runner, grouped with other deliveries
         (:mod:`.groupcommit`); then, on the calling (reactor) thread, listeners are told.  Fires with
@@ -424,7 +426,7 @@ class Store:
             validate_name(folder)
         except (InvalidUser, InvalidMailboxName):
             return defer.fail()
-        d = self._deliveries.submit((user, data, folder, flags))
+        d = self._deliveries.submit((user, data, folder, flags, crlf))
         d.addCallback(lambda res: self._delivered(user, res[0], res[1]))
         return d
 

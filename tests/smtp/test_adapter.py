@@ -55,7 +55,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.delivered: list[tuple[str, str, bytes]] = []
 
-    def deliver(self, user: str, data: bytes, folder: str = "INBOX") -> defer.Deferred:
+    def deliver(self, user: str, data: bytes, folder: str = "INBOX", *, crlf: bool = False) -> defer.Deferred:
         self.delivered.append((user, folder, data))
         return defer.succeed("f")
 

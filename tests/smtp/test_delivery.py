@@ -94,7 +94,7 @@ class FakeStore:
         self.delivered: list[tuple[str, str, bytes]] = []
         self.fail_folders, self.broken = fail_folders, broken
 
-    def deliver(self, user: str, data: bytes, folder: str = "INBOX") -> defer.Deferred:
+    def deliver(self, user: str, data: bytes, folder: str = "INBOX", *, crlf: bool = False) -> defer.Deferred:
         if self.broken:
             return defer.fail(OSError("disk full"))
         if folder in self.fail_folders:
