@@ -4,7 +4,8 @@
   written to ten users' folders used to need ten file fsyncs (ext4: one journal commit each) and ten
   directory fsyncs; with ``syncfs`` it needs two calls, each one journal commit, whatever the batch size.
   The cost: ``syncfs`` also waits for unrelated dirty data on the same file system, so it is only used for
-  batches of two or more (a lone delivery fsyncs its file and directory, as before).
+  two or more files (a lone delivery fsyncs its file and directory, as before), and only on local file
+  systems known to commit everything on ``syncfs`` (:func:`syncfs_covers`; FUSE or NFS get fsyncs).
 - :func:`rename_no_clobber` moves ``tmp/`` → ``new/`` in one call (``RENAME_NOREPLACE``: never overwrite,
   DESIGN §3) instead of ``link`` + ``unlink``.
 
@@ -21,7 +22,7 @@ import errno
 import os
 from typing import Any
 
-__all__ = ["have_syncfs", "syncfs", "rename_no_clobber", "link_no_clobber"]
+__all__ = ["have_syncfs", "syncfs", "syncfs_covers", "rename_no_clobber", "link_no_clobber"]
 
 _AT_FDCWD = -100          # <fcntl.h> on Linux
 _RENAME_NOREPLACE = 1     # <linux/fs.h>
@@ -39,6 +40,10 @@ _syncfs = _libc_function("syncfs")
 if _syncfs is not None:
     _syncfs.argtypes = [ctypes.c_int]
     _syncfs.restype = ctypes.c_int
+_fstatfs = _libc_function("fstatfs")
+if _fstatfs is not None:
+    _fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    _fstatfs.restype = ctypes.c_int
 _renameat2 = _libc_function("renameat2")
 if _renameat2 is not None:
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -48,6 +53,31 @@ if _renameat2 is not None:
 def have_syncfs() -> bool:
     """True where :func:`syncfs` works (Linux with glibc ≥ 2.14)."""
     return _syncfs is not None
+
+
+#: statfs(2) f_type of local file systems whose syncfs writes and commits everything (ext2/3/4, XFS, Btrfs,
+#: F2FS, ZFS, bcachefs, JFS, tmpfs).  Elsewhere (FUSE, NFS, CIFS, ...) syncfs may not reach the server or may
+#: do nothing, so the files are fsynced one by one there.
+SYNCFS_FILE_SYSTEMS = frozenset({0xEF53, 0x58465342, 0x9123683E, 0xF2F52010, 0x2FC12FC1, 0xCA451A4E, 0x3153464A,
+                                 0x01021994})
+_covers: dict[int, bool] = {}
+
+
+def syncfs_covers(dev: int, fd: int) -> bool:
+    """True if :func:`syncfs` on ``fd`` (on device ``dev``) makes that file system's changes durable."""
+    known = _covers.get(dev)
+    if known is None:
+        known = _covers[dev] = _syncfs is not None and _fs_type(fd) in SYNCFS_FILE_SYSTEMS
+    return known
+
+
+def _fs_type(fd: int) -> int | None:
+    if _fstatfs is None:
+        return None
+    buf = ctypes.create_string_buffer(256)           # struct statfs (120 bytes on x86-64); f_type comes first
+    if _fstatfs(fd, buf) != 0:
+        return None
+    return ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF
 
 
 def syncfs(fd: int) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .flush import have_syncfs, link_no_clobber, rename_no_clobber, syncfs
+from .flush import link_no_clobber, rename_no_clobber, syncfs, syncfs_covers
 
 __all__ = [
     "FLAG_LETTERS",
@@ -186,10 +186,10 @@ def write_messages(
     """:func:`write_message` for several messages at once, sharing the disk flushes (group commit).
 
     ``jobs`` are ``(folder_dir, data, letters, mtime)``.  Phases: write every ``tmp/`` file; flush them;
-    rename each into ``new/`` or ``cur/`` (never overwriting); flush the directories.  A batch of two or
-    more flushes with one ``syncfs`` per file system and phase (:mod:`.flush`): two calls whatever the
-    batch size, where per-file ``fsync`` needs one per file and one per directory.  A lone job fsyncs its
-    file and directory.  One result per job, in order: the :class:`WrittenMessage`, or the exception that
+    rename each into ``new/`` or ``cur/`` (never overwriting); flush the directories.  Two or more files on a
+    local file system that ``syncfs`` covers (:func:`.flush.syncfs_covers`) are flushed with one ``syncfs``
+    per phase: two calls whatever the batch size, where per-file ``fsync`` needs one per file and one per
+    directory.  Otherwise each file and each directory is fsynced.  One result per job, in order: the :class:`WrittenMessage`, or the exception that
     job met (the other jobs go on).  A job whose final flush fails is unlinked again, so a failure reported
     to the sender never leaves a copy behind that its retry would duplicate.  Blocking.
     """
@@ -220,21 +220,23 @@ def write_messages(
             if fd is not None:
                 _discard(fd, path)
             results[i] = e
-    group = len(written) > 1 and have_syncfs()
-    # -- flush the files (DESIGN §3: the data is on disk before a name in new/ or cur/ points at it)
+    # -- flush the files (DESIGN §3: the data is on disk before a name in new/ or cur/ points at it).  Per file
+    # system: two or more files on one that syncfs covers -> one syncfs; else an fsync per file.
+    grouped: set[int] = set()
     synced: list[tuple[int, int, str, str, os.stat_result]] = []
-    if group:
-        for fds in _by_device(written).values():
+    for dev, items in _by_device(written).items():
+        if len(items) > 1 and syncfs_covers(dev, items[0][1]):
+            grouped.add(dev)
             try:
-                syncfs(fds[0][1])
+                syncfs(items[0][1])
             except BaseException as e:  # noqa: BLE001 - every job on this file system failed
-                for i, fd, path, _base, _st in fds:
+                for i, fd, path, _base, _st in items:
                     _discard(fd, path)
                     results[i] = e
                 continue
-            synced.extend(fds)
-    else:
-        for item in written:
+            synced.extend(items)
+            continue
+        for item in items:
             i, fd, path, _base, _st = item
             try:
                 os.fsync(fd)
@@ -243,11 +245,11 @@ def write_messages(
                 results[i] = e
                 continue
             synced.append(item)
-    # -- move them into place; keep one descriptor per file system open for the second syncfs
+    # -- move them into place; keep one descriptor per grouped file system open for its second syncfs
     keep: dict[int, int] = {}
     moved: list[tuple[int, str, int]] = []                       # (job, final path, device)
     for i, fd, path, base, st in sorted(synced):
-        if group and st.st_dev not in keep:
+        if st.st_dev in grouped and st.st_dev not in keep:
             keep[st.st_dev] = fd
         else:
             os.close(fd)
@@ -274,15 +276,14 @@ def write_messages(
         moved.append((i, target_dir + filename, st.st_dev))
     # -- flush the directories
     try:
-        if group:
-            for dev, fd in keep.items():
-                _flush_or_undo(lambda fd=fd: syncfs(fd), [m for m in moved if m[2] == dev], results)
-        else:
-            by_dir: dict[str, list[tuple[int, str, int]]] = {}
-            for m in moved:
+        by_dir: dict[str, list[tuple[int, str, int]]] = {}
+        for m in moved:
+            if m[2] not in grouped:
                 by_dir.setdefault(os.path.dirname(m[1]), []).append(m)
-            for target_dir, items in by_dir.items():
-                _flush_or_undo(lambda d=target_dir: fsync_dir(d), items, results)
+        for dev, fd in keep.items():
+            _flush_or_undo(lambda fd=fd: syncfs(fd), [m for m in moved if m[2] == dev], results)
+        for target_dir, items in by_dir.items():
+            _flush_or_undo(lambda d=target_dir: fsync_dir(d), items, results)
     finally:
         for fd in keep.values():
             os.close(fd)

@@ -39,3 +39,19 @@ def test_syncfs(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
         flush.syncfs(fd)                     # closed: EBADF, raised rather than ignored
     assert info.value.errno == errno.EBADF
+
+
+def test_syncfs_only_on_local_file_systems(tmp_path: Path, monkeypatch) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        dev = os.fstat(fd).st_dev
+        if flush.have_syncfs():
+            assert flush._fs_type(fd) is not None
+        monkeypatch.setattr(flush, "_covers", {})
+        monkeypatch.setattr(flush, "_fs_type", lambda _fd: 0x65735546)     # FUSE: syncfs may do nothing
+        assert not flush.syncfs_covers(dev, fd)
+        monkeypatch.setattr(flush, "_covers", {})
+        monkeypatch.setattr(flush, "_fs_type", lambda _fd: 0xEF53)         # ext4
+        assert flush.syncfs_covers(dev, fd) == flush.have_syncfs()
+    finally:
+        os.close(fd)

@@ -214,7 +214,7 @@ def test_write_messages_without_syncfs_fsyncs_each(tmp_path: Path, monkeypatch) 
     import mailsuite.store.maildir as maildir_mod
 
     calls: list[str] = []
-    monkeypatch.setattr(maildir_mod, "have_syncfs", lambda: False)
+    monkeypatch.setattr(maildir_mod, "syncfs_covers", lambda _dev, _fd: False)   # e.g. NFS or FUSE
     real_fsync = os.fsync
     monkeypatch.setattr(maildir_mod.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
     a, b = tmp_path / "a", tmp_path / "b"
@@ -230,7 +230,9 @@ def test_write_messages_without_syncfs_fsyncs_each(tmp_path: Path, monkeypatch) 
 def test_write_messages_failed_final_flush_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     import mailsuite.store.maildir as maildir_mod
 
-    if not maildir_mod.have_syncfs():
+    from mailsuite.store import flush
+
+    if not flush.have_syncfs():
         pytest.skip("needs syncfs (Linux)")
     flushes: list[int] = []
 
