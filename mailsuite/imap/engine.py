@@ -972,7 +972,8 @@ class ImapEngine:
         assert sel is not None
         mb = sel.mailbox
         loader = (lambda: headers.get(uid)) if headers is not None else (lambda: mb.header_bytes(uid))
-        return Message(lambda: mb.open_message(uid), sel.infos[uid].size, loader, lambda: mb.internaldate(uid))
+        return Message(lambda: mb.open_message(uid), sel.infos[uid].size, loader, lambda: mb.internaldate(uid),
+                       lambda start, length: mb.read_range(uid, start, length))
 
     def _cmd_search(self, cmd: Command) -> None:
         """SEARCH (RFC 3501 §6.4.4), ESEARCH (RFC 4731), MODSEQ (RFC 7162 §3.1.5)."""

@@ -19,8 +19,10 @@ class Message:
     header cache, so FETCH/SEARCH of headers does not read message files)."""
 
     def __init__(self, opener: Callable[[], BinaryIO], size: int, header_loader: Callable[[], bytes],
-                 date_loader: Callable[[], float] | None = None) -> None:
+                 date_loader: Callable[[], float] | None = None,
+                 range_reader: Callable[[int, int], bytes] | None = None) -> None:
         self._opener = opener
+        self._range_reader = range_reader   # (start, length) -> bytes, cheaper than opener + read
         self.size = size
         self._header_loader = header_loader
         self._date_loader = date_loader
@@ -74,6 +76,8 @@ class Message:
             data = self._raw[start : start + length]
         elif length <= 0:
             return b""
+        elif self._range_reader is not None:
+            data = self._range_reader(start, length)
         else:
             with self._opener() as f:
                 if start:

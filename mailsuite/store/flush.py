@@ -92,7 +92,7 @@ def syncfs(fd: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def link_no_clobber(src: str, dst: str) -> None:
+def link_no_clobber(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Make ``dst`` name the file ``src`` names, then drop ``src``; never overwrite ``dst``.
 
     Uses ``link()`` + ``unlink()`` (fails with FileExistsError if ``dst`` exists).  On file systems

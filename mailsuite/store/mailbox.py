@@ -1138,6 +1138,34 @@ class Mailbox:
                 self._learn(m, os.fstat(f.fileno()))  # type: ignore[arg-type, union-attr]
         return f  # type: ignore[return-value]
 
+    def read_range(self, uid: int, start: int, length: int) -> bytes:
+        """Bytes ``[start, start+length)`` of the message file (fewer if it is shorter), read with ``pread``
+        on a bare descriptor: a third of the cost of :meth:`open_message` + ``read`` for the small
+        messages of a whole-folder FETCH (bench 4: 10,000 of them).  Raises :class:`MessageNotFound`."""
+        with self._lock:
+            self._check_alive()
+            m, fd = self._with_file(uid, lambda m: os.open(m.fspath, os.O_RDONLY | os.O_CLOEXEC))
+            if fd is None:
+                raise MessageNotFound(uid)
+            try:
+                if not m.internaldate:  # type: ignore[union-attr]
+                    self._learn(m, os.fstat(fd))  # type: ignore[arg-type]
+            except BaseException:
+                os.close(fd)  # type: ignore[arg-type]
+                raise
+        try:
+            parts: list[bytes] = []
+            got = 0
+            while got < length:
+                data = os.pread(fd, length - got, start + got)  # type: ignore[arg-type]
+                if not data:
+                    break
+                parts.append(data)
+                got += len(data)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            os.close(fd)  # type: ignore[arg-type]
+
     def internaldate(self, uid: int) -> float:
         """The INTERNALDATE of ``uid`` (Unix time, the file's mtime).  The first open of a folder takes
         sizes from the file names and leaves dates unknown (0); the first call learns the date with a

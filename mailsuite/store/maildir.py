@@ -189,9 +189,10 @@ def write_messages(
     rename each into ``new/`` or ``cur/`` (never overwriting); flush the directories.  Two or more files on a
     local file system that ``syncfs`` covers (:func:`.flush.syncfs_covers`) are flushed with one ``syncfs``
     per phase: two calls whatever the batch size, where per-file ``fsync`` needs one per file and one per
-    directory.  Otherwise each file and each directory is fsynced.  One result per job, in order: the :class:`WrittenMessage`, or the exception that
-    job met (the other jobs go on).  A job whose final flush fails is unlinked again, so a failure reported
-    to the sender never leaves a copy behind that its retry would duplicate.  Blocking.
+    directory.  Otherwise each file and each directory is fsynced.  One result per job, in order: the
+    :class:`WrittenMessage`, or the exception that job met (the other jobs go on).  A job whose final flush
+    fails is unlinked again, so a failure reported to the sender never leaves a copy behind that its retry
+    would duplicate.  Blocking.
     """
     results: list[WrittenMessage | BaseException | None] = [None] * len(jobs)
     written: list[tuple[int, int, str, str, os.stat_result]] = []     # (job, fd, tmp path, base, stat)

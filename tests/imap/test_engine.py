@@ -492,6 +492,9 @@ def test_select_and_flag_fetch_never_open_message_files(store, s, monkeypatch):
     opened = []
     real = Mailbox.open_message
     monkeypatch.setattr(Mailbox, "open_message", lambda self, uid: opened.append(uid) or real(self, uid))
+    real_range = Mailbox.read_range
+    monkeypatch.setattr(Mailbox, "read_range",
+                        lambda self, uid, start, n: opened.append(uid) or real_range(self, uid, start, n))
     out = s.cmd("a SELECT INBOX")
     assert b"* 200 EXISTS" in out
     out = s.cmd("b UID FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)")

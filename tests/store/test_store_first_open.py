@@ -44,6 +44,7 @@ def test_first_open_takes_sizes_from_names_and_learns_dates_on_use(root: Path, r
     with mb.open_message(1) as f:  # opening a file learns its date on the way
         assert f.read() == BODY
     assert mb.message(1).internaldate == 1_600_000_000.0
+    assert mb.read_range(4, 0, 3) == BODY[:3] and mb.message(4).internaldate == 1_600_000_003.0  # learnt too
     store.close()  # writes what was learnt
     store2 = reopen()
     mb2 = store2.mailbox(USER, "INBOX")

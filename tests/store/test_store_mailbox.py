@@ -167,6 +167,18 @@ def test_open_message_and_headers(inbox) -> None:
         inbox.header_bytes(77)
 
 
+def test_read_range(inbox) -> None:
+    whole = make_message(2)
+    assert inbox.read_range(3, 0, len(whole)) == whole
+    assert inbox.read_range(3, 5, 10) == whole[5:15]
+    assert inbox.read_range(3, len(whole) - 4, 100) == whole[-4:]      # short at the end of the file
+    assert inbox.read_range(3, len(whole) + 10, 5) == b""
+    inbox.set_flags([3], ["\\Seen"])                                   # renamed into cur/: still found
+    assert inbox.read_range(3, 0, 4) == whole[:4]
+    with pytest.raises(MessageNotFound):
+        inbox.read_range(77, 0, 10)
+
+
 def test_create_user_layout_and_list(store: Store) -> None:
     udir = store.user_dir(USER)
     for d in ("cur", "new", "tmp", ".Sent/cur", ".Drafts/new", ".Trash/tmp", ".Junk/cur", ".Archive/cur"):
