@@ -116,9 +116,10 @@ def _canonical_user(user: str) -> str:
 #: with an injected runner (tests) at most DELIVERY_THREADS batches run at once.
 DELIVERY_BATCH = 16
 DELIVERY_THREADS = 4
-#: The server's delivery worker threads.  Two (one writing while the other waits for the disk) gave the
-#: same msg/s as one in alternated runs of bench 1, at 5% more CPU per message (more GIL hand-offs).
-DELIVERY_WORKERS = 1
+#: The server's delivery worker threads: while one waits for the disk, the other writes the next batch.
+#: Alternated runs of bench 1-2 (bench/RESULTS.md): with a fast disk one and two gave the same msg/s; with
+#: a slow one (1100 flush loops/s) two gave 1.4x the msg/s of one, four less than two.
+DELIVERY_WORKERS = 2
 #: How long a delivery reuses its folder checks (:meth:`Store._delivery_target`).
 TARGET_CHECK_SECONDS = 1.0
 
