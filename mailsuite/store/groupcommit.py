@@ -65,16 +65,21 @@ class GroupCommit(Generic[J]):
 
     def _done(self, results: Any, batch: list[tuple[J, defer.Deferred]]) -> None:
         self._inflight -= 1
-        if isinstance(results, Failure):
-            for _job, d in batch:
-                d.errback(results)
-        else:
-            for (_job, d), result in zip(batch, results, strict=True):
-                if isinstance(result, BaseException):
-                    d.errback(Failure(result))
-                else:
-                    d.callback(result)
+        _answer(batch, results)
         self._kick()
+
+
+def _answer(batch: list[tuple[Any, defer.Deferred]], results: Any) -> None:
+    """Fire each job's Deferred with its result (an exception fails that job), or all with a Failure."""
+    if isinstance(results, Failure):
+        for _job, d in batch:
+            d.errback(results)
+        return
+    for (_job, d), result in zip(batch, results, strict=True):
+        if isinstance(result, BaseException):
+            d.errback(Failure(result))
+        else:
+            d.callback(result)
 
 
 class ThreadGroupCommit(Generic[J]):
@@ -167,12 +172,4 @@ class ThreadGroupCommit(Generic[J]):
         self._running -= len(batch)
         self.batches += 1
         self.jobs += len(batch)
-        if isinstance(results, Failure):
-            for _job, d in batch:
-                d.errback(results)
-            return
-        for (_job, d), result in zip(batch, results):
-            if isinstance(result, BaseException):
-                d.errback(Failure(result))
-            else:
-                d.callback(result)
+        _answer(batch, results)
