@@ -11,7 +11,6 @@ so latency does not suffer; under load the flushes per message fall.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -86,30 +85,24 @@ def _answer(batch: list[tuple[Any, defer.Deferred]], results: Any) -> None:
 class ThreadGroupCommit(Generic[J]):
     """:class:`GroupCommit` with worker threads of its own instead of a runner (the server's delivery path).
 
-    The first worker takes whatever jobs wait (at most ``max_batch``), runs ``work`` on them, hands the
-    results to the reactor thread with one ``callFromThread`` per batch and goes straight on with the jobs
-    that arrived meanwhile.  Per batch that is one wake-up of a worker (only if it was idle) and one of the
-    reactor, where ``deferToThread`` per batch cost a thread-pool round and a reactor round in between, each
-    with its GIL hand-offs.  Further workers (``threads`` > 1) are helpers: they take jobs only once the
-    oldest has waited ``assist_after`` seconds, i.e. while the first worker is held up by a slow disk.  With
-    a fast disk one worker did best (bench 1-2: every extra thread is extra GIL hand-offs); with a slow one
-    a second worker writing while the first waits did.  The threads start with the first job and stop
-    (after the jobs they have) at :meth:`stop` or at reactor shutdown.
+    A worker takes whatever jobs wait (at most ``max_batch``), runs ``work`` on them, hands the results to
+    the reactor thread with one ``callFromThread`` per batch and goes straight on with the jobs that arrived
+    meanwhile.  Per batch that is one wake-up of a worker (only if one was idle) and one of the reactor,
+    where ``deferToThread`` per batch cost a thread-pool round and a reactor round in between, each with
+    its GIL hand-offs.  With ``threads`` > 1 a second batch is written while the first waits for the disk.
+    The threads start with the first job and stop (after the jobs they have) at :meth:`stop` or at reactor
+    shutdown.
     """
 
     def __init__(self, work: Callable[[list[J]], list[Any]], max_batch: int = 64, reactor: Any = None,
-                 threads: int = 1, name: str = "mailsuite-delivery", assist_after: float = 0.002) -> None:
+                 threads: int = 1, name: str = "mailsuite-delivery") -> None:
         self._work = work
         self._max_batch = max(1, max_batch)
         self._reactor = reactor
         self._name = name
-        self._assist_after = assist_after
-        lock = threading.Lock()
-        self._cond = threading.Condition(lock)          # the first worker waits here
-        self._helper_cond = threading.Condition(lock)   # the helpers wait here
-        self._pending: deque[tuple[J, defer.Deferred, float]] = deque()
-        self._idle = False                  # the first worker waits for jobs
-        self._helpers_idle = 0              # helpers waiting for jobs (not timing one)
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: deque[tuple[J, defer.Deferred]] = deque()
+        self._idle = 0                      # workers waiting on _cond (a submit must notify one)
         self._stopping = False
         self._count = max(1, threads)
         self._threads: list[threading.Thread] = []
@@ -131,11 +124,9 @@ class ThreadGroupCommit(Generic[J]):
         d: defer.Deferred = defer.Deferred()
         self._running += 1
         with self._cond:
-            self._pending.append((job, d, time.monotonic()))
+            self._pending.append((job, d))
             if self._idle:
                 self._cond.notify()
-            elif self._helpers_idle:
-                self._helper_cond.notify()  # the first worker is busy: a helper starts timing the job
         return d
 
     def _start(self) -> None:
@@ -143,7 +134,7 @@ class ThreadGroupCommit(Generic[J]):
             from twisted.internet import reactor
             self._reactor = reactor
         for n in range(self._count):
-            thread = threading.Thread(target=self._loop, args=(n > 0,), name=f"{self._name}-{n}", daemon=True)
+            thread = threading.Thread(target=self._loop, name=f"{self._name}-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
         add_trigger = getattr(self._reactor, "addSystemEventTrigger", None)
@@ -155,50 +146,30 @@ class ThreadGroupCommit(Generic[J]):
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-            self._helper_cond.notify_all()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
 
-    def _take(self, helper: bool) -> list[tuple[J, defer.Deferred, float]] | None:
-        """The next batch for a worker (None: stop).  Called with the lock held."""
-        pending = self._pending
-        while True:
-            if not pending:
-                if self._stopping:
-                    return None
-                if helper:
-                    self._helpers_idle += 1
-                    self._helper_cond.wait()
-                    self._helpers_idle -= 1
-                else:
-                    self._idle = True
-                    self._cond.wait()
-                    self._idle = False
-                continue
-            if helper and not self._stopping:
-                waited = time.monotonic() - pending[0][2]
-                if waited < self._assist_after:
-                    self._helper_cond.wait(self._assist_after - waited)
-                    continue
-            return [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
-
-    def _loop(self, helper: bool) -> None:
+    def _loop(self) -> None:
         while True:
             with self._cond:
-                batch = self._take(helper)
-            if batch is None:
-                return
+                while not self._pending and not self._stopping:
+                    self._idle += 1
+                    self._cond.wait()
+                    self._idle -= 1
+                if not self._pending:
+                    return
+                batch = [self._pending.popleft() for _ in range(min(len(self._pending), self._max_batch))]
             try:
-                results: Any = self._work([job for job, _d, _t in batch])
+                results: Any = self._work([job for job, _d in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"group commit: {len(results)} results for {len(batch)} jobs")
             except BaseException as e:  # noqa: BLE001 - the whole batch fails; the worker goes on
                 results = Failure(e)
             self._reactor.callFromThread(self._done, batch, results)
 
-    def _done(self, batch: list[tuple[J, defer.Deferred, float]], results: Any) -> None:
+    def _done(self, batch: list[tuple[J, defer.Deferred]], results: Any) -> None:
         self._running -= len(batch)
         self.batches += 1
         self.jobs += len(batch)
-        _answer([(job, d) for job, d, _t in batch], results)
+        _answer(batch, results)

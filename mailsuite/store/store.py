@@ -116,11 +116,11 @@ def _canonical_user(user: str) -> str:
 #: with an injected runner (tests) at most DELIVERY_THREADS batches run at once.
 DELIVERY_BATCH = 16
 DELIVERY_THREADS = 4
-#: The server's delivery worker threads: the first takes every batch; the second helps only with jobs that
-#: waited 2 ms (the first is held up by a slow disk).  Alternated runs of bench 1-2: with a slow disk (1100
-#: flush loops/s) two plain workers gave 1.4x the msg/s of one, four less than two; with a fast disk one
-#: plain worker beat two, and the helper rule was within the noise of one.
-DELIVERY_WORKERS = 2
+#: The server's delivery worker threads.  Alternated runs of bench 1-2 (bench/RESULTS.md): one worker had
+#: the lowest CPU per message in every run and the most msg/s in most; two (one writing while the other
+#: waits for the disk) won one run in a slow-disk phase; a second worker that only helps with jobs that
+#: waited 2 ms still cost 15% more CPU per message than one worker.
+DELIVERY_WORKERS = 1
 #: How long a delivery reuses its folder checks (:meth:`Store._delivery_target`).
 TARGET_CHECK_SECONDS = 1.0
 

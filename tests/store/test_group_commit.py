@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import queue
-import time
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -267,33 +266,3 @@ def test_delivery_rechecks_a_folder_that_vanished(tmp_path: Path) -> None:
         assert len(store.mailbox(USER, "INBOX").messages()) == 1
     finally:
         store.close()
-
-
-def test_a_helper_takes_jobs_only_when_they_have_waited() -> None:
-    """With two threads the second takes jobs only once the oldest has waited ``assist_after``: while the
-    first worker is held up (a slow disk), not while it keeps up."""
-    release = threading.Event()
-    seen: list[tuple[str, list[int]]] = []
-
-    def work(jobs: list[int]) -> list[Any]:
-        seen.append((threading.current_thread().name, list(jobs)))
-        if jobs == [1]:
-            assert release.wait(10)
-        return jobs
-
-    reactor = QueueReactor()
-    gc: ThreadGroupCommit[int] = ThreadGroupCommit(work, reactor=reactor, threads=2, assist_after=0.3, name="w")
-    out: list = []
-    _collect(gc.submit(1), out)
-    deadline = time.monotonic() + 10
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.005)
-    _collect(gc.submit(2), out)
-    time.sleep(0.05)
-    assert [jobs for _name, jobs in seen] == [[1]]          # too young for the helper
-    reactor.run_one()                                     # the helper took [2] after 0.3 s
-    assert seen[1] == ("w-1", [2]) and out == [("ok", 2)]
-    release.set()
-    reactor.run_one()
-    assert seen[0] == ("w-0", [1]) and out[1] == ("ok", 1)
-    gc.stop()
