@@ -2,10 +2,11 @@
 
 Each SMTP delivery needs two flushes (the file, then its directory) before the 250 (DESIGN §3).  Run one
 thread task per delivery and ten concurrent sessions mean ten threads each waiting on its own flushes and
-contending for the GIL with the reactor thread.  Here at most ``max_inflight`` batches run at once; what
-arrives meanwhile waits and goes together in the next batch (:func:`~mailsuite.store.maildir.write_messages`
-writes all, fsyncs all, links all, then fsyncs each directory once).  With no load a delivery starts at once,
-so latency does not suffer; under load the flushes per message fall.
+contending for the GIL with the reactor thread.  Here a batch runs while what arrives meanwhile waits and
+goes together in the next batch (:func:`~mailsuite.store.maildir.write_messages` writes all, flushes them
+with one ``syncfs`` per file system, renames all, flushes again).  With no load a delivery starts at once,
+so latency does not suffer; under load the flushes per message fall.  :class:`ThreadGroupCommit` (the
+server) has worker threads of its own; :class:`GroupCommit` runs batches through a runner (tests).
 """
 
 from __future__ import annotations

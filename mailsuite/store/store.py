@@ -121,6 +121,8 @@ DELIVERY_THREADS = 4
 #: waits for the disk) won one run in a slow-disk phase; a second worker that only helps with jobs that
 #: waited 2 ms still cost 15% more CPU per message than one worker.
 DELIVERY_WORKERS = 1
+#: A queued delivery: (user, data, folder, Maildir flag letters, data known to be CRLF-only).
+_DeliveryJob = tuple[str, bytes, str, str, bool]
 #: How long a delivery reuses its folder checks (:meth:`Store._delivery_target`).
 TARGET_CHECK_SECONDS = 1.0
 
@@ -197,7 +199,7 @@ class Store:
         self._open_indexes: set[_UserState] = set()
         #: Deliveries arriving together share their disk flushes (group commit): in the server one worker
         #: thread of their own; with an injected runner (tests) batches through it.
-        self._deliveries: GroupCommit[tuple[str, bytes, str, str, bool]] | ThreadGroupCommit[tuple[str, bytes, str, str, bool]]
+        self._deliveries: GroupCommit[_DeliveryJob] | ThreadGroupCommit[_DeliveryJob]
         if runner is None:
             self._deliveries = ThreadGroupCommit(self._write_deliveries, max_batch=DELIVERY_BATCH,
                                                  threads=DELIVERY_WORKERS)
@@ -377,7 +379,7 @@ class Store:
             raise result
         return result
 
-    def _write_deliveries(self, jobs: list[tuple[str, bytes, str, str, bool]], index: bool = True) -> list[Any]:
+    def _write_deliveries(self, jobs: list[_DeliveryJob], index: bool = True) -> list[Any]:
         """File work of a group of deliveries (one thread task; see :mod:`.groupcommit`), then (``index``)
         indexing them where a session has the folder open."""
         results: list[Any] = [None] * len(jobs)
