@@ -172,12 +172,28 @@ def write_message(
 
 
 def _discard(fd: int | None, path: str) -> None:
-    if fd is not None:
+    if fd is not None and fd >= 0:
         os.close(fd)
     try:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _link_copy(src: str, tmp_dir: str, size: int) -> tuple[str, str] | None:
+    """Hard-link the written file ``src`` into ``tmp_dir`` under a new unique base: (path, base), or None
+    when it cannot be linked (another file system, a link limit, ...: the caller writes a copy)."""
+    for _attempt in range(100):
+        base = unique_base(size)
+        path = tmp_dir + base
+        try:
+            os.link(src, path)
+            return path, base
+        except FileExistsError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 def write_messages(
@@ -193,11 +209,27 @@ def write_messages(
     :class:`WrittenMessage`, or the exception that job met (the other jobs go on).  A job whose final flush
     fails is unlinked again, so a failure reported to the sender never leaves a copy behind that its retry
     would duplicate.  Blocking.
+
+    Jobs that pass the *same* ``data`` object (one SMTP message to several local users) and the same
+    ``mtime`` share one file: the first is written, the others are hard links to it in their own ``tmp/``
+    (Dovecot's LMTP does the same).  A Maildir file is never changed in place (a flag change is a rename,
+    an expunge unlinks one name), so the copies stay independent.  A failed link (``EXDEV``: another file
+    system) falls back to writing the copy.
     """
     results: list[WrittenMessage | BaseException | None] = [None] * len(jobs)
-    written: list[tuple[int, int, str, str, os.stat_result]] = []     # (job, fd, tmp path, base, stat)
+    # (job, fd or -1 for a link to an earlier job's file, tmp path, base, stat)
+    written: list[tuple[int, int, str, str, os.stat_result]] = []
+    first: dict[tuple[int, float | None], tuple[int, str, os.stat_result]] = {}  # (id(data), mtime) -> file
+    source: dict[int, int] = {}                                      # linked job -> the job it links to
     for i, (folder_dir, data, _letters, mtime) in enumerate(jobs):
         tmp_dir = f"{os.fspath(folder_dir)}/tmp/"
+        shared = first.get((id(data), mtime))
+        if shared is not None and jobs[shared[0]][1] is data:
+            linked = _link_copy(shared[1], tmp_dir, shared[2].st_size)
+            if linked is not None:
+                source[i] = shared[0]
+                written.append((i, -1, linked[0], linked[1], shared[2]))
+                continue
         fd = None
         path = ""
         try:
@@ -216,7 +248,9 @@ def write_messages(
                 view = view[os.write(fd, view):]
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))
-            written.append((i, fd, path, base, os.fstat(fd)))
+            st = os.fstat(fd)
+            written.append((i, fd, path, base, st))
+            first.setdefault((id(data), mtime), (i, path, st))
         except BaseException as e:  # noqa: BLE001 - reported for this job only
             if fd is not None:
                 _discard(fd, path)
@@ -225,7 +259,9 @@ def write_messages(
     # system: two or more files on one that syncfs covers -> one syncfs; else an fsync per file.
     grouped: set[int] = set()
     synced: list[tuple[int, int, str, str, os.stat_result]] = []
+    failed: set[int] = set()                                       # written files whose fsync failed
     for dev, items in _by_device(written).items():
+        # the first item of a device is a written file (a link comes after the file it links to)
         if len(items) > 1 and syncfs_covers(dev, items[0][1]):
             grouped.add(dev)
             try:
@@ -239,18 +275,28 @@ def write_messages(
             continue
         for item in items:
             i, fd, path, _base, _st = item
+            if fd < 0:      # a link: flushed with the file it links to (one inode)
+                if source[i] in failed:
+                    _discard(fd, path)
+                    results[i] = results[source[i]]
+                else:
+                    synced.append(item)
+                continue
             try:
                 os.fsync(fd)
             except BaseException as e:  # noqa: BLE001
                 _discard(fd, path)
                 results[i] = e
+                failed.add(i)
                 continue
             synced.append(item)
     # -- move them into place; keep one descriptor per grouped file system open for its second syncfs
     keep: dict[int, int] = {}
     moved: list[tuple[int, str, int]] = []                       # (job, final path, device)
     for i, fd, path, base, st in sorted(synced):
-        if st.st_dev in grouped and st.st_dev not in keep:
+        if fd < 0:
+            pass
+        elif st.st_dev in grouped and st.st_dev not in keep:
             keep[st.st_dev] = fd
         else:
             os.close(fd)

@@ -112,9 +112,10 @@ def _canonical_user(user: str) -> str:
 
 
 #: Group commit of deliveries: batches of at most DELIVERY_BATCH.  The server's worker thread runs one batch
-#: at a time (a batch of many users' deliveries costs two ``syncfs`` calls, :func:`maildir.write_messages`);
-#: with an injected runner (tests) at most DELIVERY_THREADS batches run at once.
-DELIVERY_BATCH = 16
+#: at a time (a batch of many users' deliveries costs two ``syncfs`` calls, :func:`maildir.write_messages`,
+#: and the copies of one message in it share one file); with an injected runner (tests) at most
+#: DELIVERY_THREADS batches run at once.  64: one message to 100 users (bench 7b) is two batches, two files.
+DELIVERY_BATCH = 64
 DELIVERY_THREADS = 4
 #: The server's delivery worker threads.  Alternated runs of bench 1-2 (bench/RESULTS.md): one worker had
 #: the lowest CPU per message in every run and the most msg/s in most; two (one writing while the other

@@ -249,6 +249,77 @@ def test_write_messages_failed_final_flush_leaves_nothing(tmp_path: Path, monkey
     assert os.listdir(a / "new") == [] and os.listdir(a / "cur") == [] and os.listdir(a / "tmp") == []
 
 
+def test_write_messages_links_one_content_for_several_folders(tmp_path: Path) -> None:
+    """One message to three users (the same ``data`` object): one file written, two hard links; another
+    message with equal bytes but its own object, or another mtime, gets a file of its own."""
+    dirs = [tmp_path / n for n in "abcd"]
+    for d in dirs:
+        make_maildir(d, subfolder=False)
+    data = b"Subject: list\r\n\r\nhello\r\n"
+    other = bytes(bytearray(data))
+    results = write_messages([(dirs[0], data, None, None), (dirs[1], data, "S", None),
+                              (dirs[2], data, None, None), (dirs[3], other, None, None),
+                              (dirs[0], data, None, 1_000_000.0)])
+    assert all(isinstance(r, WrittenMessage) for r in results)
+    paths = [d / r.subdir / r.filename for d, r in zip([*dirs, dirs[0]], results)]
+    assert len({p.name for p in paths}) == 5                      # each link has a unique name of its own
+    inodes = [p.stat().st_ino for p in paths]
+    assert inodes[0] == inodes[1] == inodes[2] and len(set(inodes)) == 3
+    assert os.stat(paths[0]).st_nlink == 3
+    assert all(p.read_bytes() == data for p in paths)
+    assert all(os.listdir(d / "tmp") == [] for d in dirs)
+    os.unlink(paths[1])                                          # an expunge in one folder leaves the others
+    assert paths[0].read_bytes() == data and os.stat(paths[0]).st_nlink == 2
+
+
+def test_write_messages_writes_a_copy_where_a_link_fails(tmp_path: Path, monkeypatch) -> None:
+    import mailsuite.store.maildir as maildir_mod
+
+    def no_link(_src: str, _dst: str) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(maildir_mod.os, "link", no_link)
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_maildir(a, subfolder=False)
+    make_maildir(b, subfolder=False)
+    data = b"x\r\n"
+    results = write_messages([(a, data, None, None), (b, data, None, None)])
+    assert all(isinstance(r, WrittenMessage) for r in results)
+    assert (a / "new" / results[0].filename).stat().st_ino != (b / "new" / results[1].filename).stat().st_ino
+
+
+def test_write_messages_link_fails_with_its_file_when_fsync_fails(tmp_path: Path, monkeypatch) -> None:
+    """Per-file flushing (no syncfs): a link shares its file's fsync, and its failure."""
+    import mailsuite.store.maildir as maildir_mod
+
+    monkeypatch.setattr(maildir_mod, "syncfs_covers", lambda _dev, _fd: False)
+
+    def failing_fsync(_fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_maildir(a, subfolder=False)
+    make_maildir(b, subfolder=False)
+    monkeypatch.setattr(maildir_mod.os, "fsync", failing_fsync)
+    data = b"x\r\n"
+    results = write_messages([(a, data, None, None), (b, data, None, None)])
+    assert all(isinstance(r, OSError) and r.errno == 5 for r in results)
+    assert all(os.listdir(d / sub) == [] for d in (a, b) for sub in ("new", "cur", "tmp"))
+
+
+def test_smtp_style_delivery_to_many_users_shares_one_inode(tmp_path: Path) -> None:
+    """A batch of deliveries of one bytes object to several users (what SMTP's Delivery submits) links them."""
+    store = Store(tmp_path / "mail", runner=ManualRunner())
+    users = [f"u{i}@example.org" for i in range(3)]
+    for u in users:
+        store.create_user(u)
+    data = make_message(1)
+    results = store._write_deliveries([(u, data, "INBOX", "", True) for u in users])
+    assert [name for name, _w in results] == ["INBOX"] * 3
+    files = [next((store.user_dir(u) / "new").iterdir()) for u in users]
+    assert len({f.stat().st_ino for f in files}) == 1
+
+
 def test_delivery_rechecks_a_folder_that_vanished(tmp_path: Path) -> None:
     """The folder checks are reused for a second; a folder removed behind the store's back meanwhile
     makes the delivery check again and fall back to INBOX instead of failing."""
