@@ -197,7 +197,7 @@ def _link_copy(src: str, tmp_dir: str, size: int) -> tuple[str, str] | None:
 
 
 def write_messages(
-    jobs: list[tuple[Path, bytes, str | None, float | None]],
+    jobs: list[tuple[str | os.PathLike[str], bytes, str | None, float | None]],
 ) -> list[WrittenMessage | BaseException]:
     """:func:`write_message` for several messages at once, sharing the disk flushes (group commit).
 
@@ -470,7 +470,7 @@ def header_block(data: bytes) -> bytes:
     return data[: min(ends)] if ends else data[:limit]
 
 
-def is_maildir(folder_dir: Path, *, top_may_link: bool = False) -> bool:
+def is_maildir(folder_dir: str | os.PathLike[str], *, top_may_link: bool = False) -> bool:
     """True if ``folder_dir`` is a Maildir folder the store may use: a real directory whose ``cur/`` and
     ``new/`` (and ``tmp/`` if present) are real directories too, none of them a symbolic link.
 
@@ -478,9 +478,10 @@ def is_maildir(folder_dir: Path, *, top_may_link: bool = False) -> bool:
     ``top_may_link`` allows the folder itself to be a link (INBOX is the user directory, which an
     administrator may have moved to another disk).
     """
-    checks = [(folder_dir / "cur", True), (folder_dir / "new", True), (folder_dir / "tmp", False)]
+    top = os.fspath(folder_dir)
+    checks = [(f"{top}/cur", True), (f"{top}/new", True), (f"{top}/tmp", False)]
     if not top_may_link:
-        checks.insert(0, (folder_dir, True))
+        checks.insert(0, (top, True))
     for path, required in checks:
         try:
             mode = os.lstat(path).st_mode
