@@ -25,6 +25,7 @@ from . import __version__
 from .accounts import Accounts, AccountsFileError
 from .config import IMPLICIT_TLS, SERVICES, Settings
 from .context import ServerContext
+from .fastpoll import install as fast_poll
 from .memory import limit_malloc_arenas, trim_malloc
 from .store.errors import StoreError
 from .tls import TLSError, TLSManager
@@ -124,6 +125,7 @@ class MailService(service.MultiService):
         super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
+        fast_poll(self.reactor)        # the epoll reactor without a log context per I/O event
         try:
             if self.run_as is not None:
                 preload()

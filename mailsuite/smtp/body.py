@@ -19,6 +19,20 @@ __all__ = ["MessageBody"]
 _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
+def _may_hold_long_line(data: bytes, start: int, end: int, limit: int) -> bool:
+    """False if ``data[start:end]`` (CRLF line ends only) surely has no line longer than ``limit``.
+
+    Such a line is a run of more than ``limit`` bytes without LF, and any run of ``2 * step - 1`` bytes holds
+    a whole window of ``step`` bytes: so if every window of ``step = limit // 2 + 1`` bytes has an LF (a
+    ``memchr`` each), no line is too long.  A few calls per chunk instead of splitting it into lines."""
+    step = limit // 2 + 1
+    find = data.find
+    for pos in range(start, end, step):
+        if find(b"\n", pos, min(pos + step, end)) < 0:
+            return True
+    return False
+
+
 class MessageBody:
     """Accumulates normalised content and records which limit, if any, it broke."""
 
@@ -70,13 +84,16 @@ class MessageBody:
             else:
                 self._parts.append(data)
             return
-        lines = data.split(b"\r\n")
-        if len(lines) == 1:
+        first = data.find(b"\r\n")
+        if first < 0:
             self._line_len += len(data)
             longest = self._line_len
         else:
-            longest = max(self._line_len + len(lines[0]), max(map(len, lines)))
-            self._line_len = len(lines[-1])
+            last = data.rfind(b"\r\n")
+            longest = max(self._line_len + first, len(data) - last - 2)
+            self._line_len = len(data) - last - 2
+            if last - first > self.max_line and _may_hold_long_line(data, first, last + 2, self.max_line):
+                longest = max(longest, max(map(len, data[first + 2:last].split(b"\r\n"))))
         if longest > self.max_line:
             self.line_too_long = True
         if self.failed:
