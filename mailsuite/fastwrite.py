@@ -4,8 +4,8 @@
 round calls ``doWrite`` → ``send``, and ``stopWriting`` unregisters it again (a second ``epoll_ctl``).  For a
 request/response protocol where every command gets a short reply that is two extra system calls and a reactor
 round per reply; in the SMTP benchmark (bench/RESULTS.md, workload 1) they were a fifth of the reactor thread.
-:func:`write_now` sends directly when the transport is a plain TCP connection with nothing queued, no producer
-and no TLS layer; anything not sent at once (a full socket buffer, an error) goes through ``transport.write`` as
+:func:`write_now` sends directly when the transport is a plain TCP connection with nothing queued, no pull
+producer (a push producer that is not paused is fine) and no TLS layer; anything not sent at once (a full socket buffer, an error) goes through ``transport.write`` as
 before, so ordering, back-pressure and error handling stay Twisted's.
 """
 
@@ -30,7 +30,9 @@ def _idle_plain_tcp(transport: Any) -> bool:
             and transport.connected
             and not transport.disconnecting
             and not transport._writeDisconnected
-            and transport.producer is None
+            # a push producer that is not paused only regulates back-pressure (POP3's write gate is
+            # registered for the whole session); a pull producer is fed as the buffer drains: not then
+            and (transport.producer is None or (transport.streamingProducer and not transport.producerPaused))
             and transport._tempDataLen == 0
             and len(transport.dataBuffer) == transport.offset
         )

@@ -9,6 +9,7 @@ session ends, and removes the messages marked with DELE at QUIT.  Protocol decis
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections import deque
 from typing import Any, BinaryIO, Callable
@@ -43,6 +44,14 @@ _LOCKS: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()
 def _locks(store: Any) -> set[str]:
     """The users whose maildrop a POP3 session holds, for this store."""
     return _LOCKS.setdefault(store, set())
+
+
+def _size(handle: BinaryIO) -> int:
+    """The size of an open message file (CHUNK when it has no file descriptor, e.g. a test's BytesIO)."""
+    try:
+        return os.fstat(handle.fileno()).st_size
+    except (OSError, ValueError, AttributeError):
+        return CHUNK
 
 
 @implementer(interfaces.IPullProducer)
@@ -327,14 +336,17 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         crlf = getattr(maildrop, "crlf", None)
         stuffer = DotStuffer(event.body_lines, crlf=bool(crlf is not None and crlf(event.key)))
         try:
-            first = handle.read(CHUNK)
+            # ask for the file's size + 1, not CHUNK: a read of n bytes allocates n first (256 KiB for a 4 KB
+            # message cost 11 us more per RETR, bench 3); a short read still means the end of the file
+            want = min(CHUNK, _size(handle) + 1)
+            first = handle.read(want)
         except OSError:
             handle.close()
             self._handle(engine.message_failed())      # nothing written yet
             return
         data = stuffer.feed(first) if first else b""
         # RFC 1939 §5 RETR / §7 TOP: dot-stuffed; a message that fits in one read goes out in one write
-        if len(first) < CHUNK or stuffer.done:
+        if len(first) < want or stuffer.done:
             handle.close()
             # sent at once when the socket is idle (mailsuite/fastwrite.py: no reactor round per message)
             write_now(self.transport, b"".join((event.ok_line, data, stuffer.finish())))
