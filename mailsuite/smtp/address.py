@@ -11,6 +11,7 @@ quoted strings and domain labels.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 __all__ = ["AddressError", "Mailbox", "parse_path", "parse_params", "xtext_decode", "is_xtext",
@@ -43,15 +44,16 @@ class Mailbox:
         return self.address
 
 
-def _is_atext(ch: str, utf8: bool) -> bool:
-    return ch in _ATEXT or (utf8 and ord(ch) > 127)
+# RFC 5321 §4.1.2: Dot-string = Atom *("." Atom), Atom = 1*atext; with SMTPUTF8 (RFC 6531 §3.3) atext also
+# takes any non-ASCII character.  One regex match per address (a generator per character cost 2% of the
+# reactor thread in bench 1).
+_ATEXT_CLASS = "A-Za-z0-9" + re.escape("!#$%&'*+-/=?^_`{|}~")
+_DOT_STRING = re.compile(rf"[{_ATEXT_CLASS}]+(?:\.[{_ATEXT_CLASS}]+)*")
+_DOT_STRING_UTF8 = re.compile(rf"[{_ATEXT_CLASS}\u0080-\U0010ffff]+(?:\.[{_ATEXT_CLASS}\u0080-\U0010ffff]+)*")
 
 
 def _is_dot_string(text: str, utf8: bool) -> bool:
-    # RFC 5321 §4.1.2: Dot-string = Atom *("." Atom)
-    if not text:
-        return False
-    return all(atom and all(_is_atext(c, utf8) for c in atom) for atom in text.split("."))
+    return (_DOT_STRING_UTF8 if utf8 else _DOT_STRING).fullmatch(text) is not None
 
 
 def quote_local(local: str) -> str:

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mailsuite.smtp.address import AddressError, Mailbox, parse_params, parse_path, quote_local, xtext_decode
+from mailsuite.smtp.address import (
+    _ATEXT,
+    AddressError,
+    Mailbox,
+    _is_dot_string,
+    parse_params,
+    parse_path,
+    quote_local,
+    xtext_decode,
+)
 
 
 @pytest.mark.parametrize("text, address, rest", [
@@ -71,3 +82,15 @@ def test_xtext() -> None:
     for bad in ("a+2", "a+zz", "a=b", "a b"):
         with pytest.raises(ValueError):
             xtext_decode(bad)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(sorted(_ATEXT) + list('."\\ ()<>@,;:[]\x00\x7f\r\n\té€😀')),
+                    max_size=12),
+       utf8=st.booleans())
+def test_dot_string_regex_matches_the_rfc_definition(text: str, utf8: bool) -> None:
+    """RFC 5321 §4.1.2 Dot-string (atext, and with SMTPUTF8 any non-ASCII character, RFC 6531 §3.3)."""
+    atoms = text.split(".")
+    expected = bool(text) and all(atom and all(c in _ATEXT or (utf8 and ord(c) > 127) for c in atom)
+                                  for atom in atoms)
+    assert _is_dot_string(text, utf8) == expected
