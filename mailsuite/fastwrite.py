@@ -5,8 +5,9 @@ round calls ``doWrite`` → ``send``, and ``stopWriting`` unregisters it again (
 request/response protocol where every command gets a short reply that is two extra system calls and a reactor
 round per reply; in the SMTP benchmark (bench/RESULTS.md, workload 1) they were a fifth of the reactor thread.
 :func:`write_now` sends directly when the transport is a plain TCP connection with nothing queued, no pull
-producer (a push producer that is not paused is fine) and no TLS layer; anything not sent at once (a full socket buffer, an error) goes through ``transport.write`` as
-before, so ordering, back-pressure and error handling stay Twisted's.
+producer (a push producer that is not paused is fine) and no TLS layer; anything not sent at once (a full
+socket buffer, an error) goes through ``transport.write`` as before, so ordering, back-pressure and error
+handling stay Twisted's.
 """
 
 from __future__ import annotations

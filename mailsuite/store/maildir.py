@@ -294,12 +294,11 @@ def write_messages(
     keep: dict[int, int] = {}
     moved: list[tuple[int, str, int]] = []                       # (job, final path, device)
     for i, fd, path, base, st in sorted(synced):
-        if fd < 0:
-            pass
-        elif st.st_dev in grouped and st.st_dev not in keep:
-            keep[st.st_dev] = fd
-        else:
-            os.close(fd)
+        if fd >= 0:         # a link has no descriptor of its own
+            if st.st_dev in grouped and st.st_dev not in keep:
+                keep[st.st_dev] = fd
+            else:
+                os.close(fd)
         folder_dir, _data, letters, _mtime = jobs[i]
         subdir = "new" if letters is None else "cur"
         suffix = "" if letters is None else make_suffix(letters)

@@ -341,9 +341,10 @@ class Store:
 
     def _delivery_target(self, user: str, folder: str, fresh: bool) -> tuple[str, str]:
         """(folder used, its directory) for a delivery: the account tree made if missing, a missing or unsafe
-        folder replaced by INBOX (DESIGN §4: no symlinked Maildir).  The checks cost up to eight ``stat``
-        calls, each a GIL hand-off in the delivery thread (bench 1-2), so a result is reused for
-        ``TARGET_CHECK_SECONDS``; ``fresh`` checks again (a delivery whose cached folder vanished)."""
+        folder replaced by INBOX (DESIGN §4: no symlinked Maildir).  The checks cost three ``lstat`` calls
+        for INBOX and four more for another folder, each a GIL hand-off in the delivery thread (bench 1-2),
+        so a result is reused for ``TARGET_CHECK_SECONDS``; ``fresh`` checks again (a delivery whose cached
+        folder vanished)."""
         key = (user, folder)
         now = time.monotonic()
         hit = None if fresh else self._targets.get(key)
