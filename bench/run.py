@@ -53,6 +53,28 @@ def machine() -> str:
             f"postfix {_version(['postconf', '-dh', 'mail_version'])}, dovecot {_version(['dovecot', '--version'])}")
 
 
+def host_speed() -> str:
+    """How fast this (shared, virtual) machine is right now: the time of a fixed Python loop and the share
+    of CPU time stolen by the host over one second.  Ratios of one run compare; absolute figures of runs in
+    different phases of the host do not (bench/RESULTS.md: such a loop ran three times slower in slow phases)."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    loop = time.perf_counter() - start
+
+    def ticks() -> list[int]:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    try:
+        before = ticks()
+        time.sleep(1.0)
+        delta = [b - a for a, b in zip(before, ticks())]
+        steal = f", {100 * delta[7] / max(1, sum(delta)):.0f}% CPU steal" if len(delta) > 7 else ""
+    except OSError:
+        steal = ""
+    return f"a 2-million-step Python loop took {loop:.2f} s{steal}"
+
+
 def _version(cmd: list[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True).stdout.split()[0]
@@ -185,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"mailsuite benchmarks, {started}{' (--quick sizes)' if args.quick else ''}, median of {args.runs}")
     print(f"machine: {machine()}")
+    print(f"host speed now: {host_speed()}")
     print(f"work directory: {work}\n")
     rows: list[Row] = []
     try:
