@@ -8,15 +8,21 @@ round per reply; in the SMTP benchmark (bench/RESULTS.md, workload 1) they were 
 producer (a push producer that is not paused is fine) and no TLS layer; anything not sent at once (a full
 socket buffer, an error) goes through ``transport.write`` as before, so ordering, back-pressure and error
 handling stay Twisted's.
+
+:func:`close_now` is the same for closing: ``loseConnection()`` always registers for EPOLLOUT and closes in
+the next reactor round (three ``epoll_ctl`` and a ``doWrite``); with nothing queued it closes at once, the way
+Twisted's own ``loseConnection`` does when the write side is already shut.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.tcp import Connection
+from twisted.python.failure import Failure
 
-__all__ = ["write_now"]
+__all__ = ["write_now", "close_now"]
 
 
 def _idle_plain_tcp(transport: Any) -> bool:
@@ -56,3 +62,15 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def close_now(transport: Any) -> None:
+    """Close ``transport`` after what was written to it: at once when nothing is queued (see the module
+    docstring), else through ``loseConnection`` (Twisted flushes the buffer first).  The protocol's
+    ``connectionLost`` may run before this returns."""
+    if _idle_plain_tcp(transport):
+        transport.stopReading()
+        transport.stopWriting()
+        transport.connectionLost(Failure(CONNECTION_DONE))
+        return
+    transport.loseConnection()

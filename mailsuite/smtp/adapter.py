@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
-from mailsuite.fastwrite import write_now
+from mailsuite.fastwrite import close_now, write_now
 from mailsuite.limits import PerIPCounter
 from mailsuite.tls import tls_info
 
@@ -120,6 +120,10 @@ class SMTPServerProtocol(Protocol):
 
     # -- events ------------------------------------------------------------------------------------
     def _handle(self, events: list[Event]) -> None:
+        if len(events) == 1 and type(events[0]) is SendReply:
+            if not self._gone:                  # most commands: one reply, nothing else
+                write_now(self.transport, events[0].data)
+            return
         queue = list(events)
         out: list[bytes] = []
         while queue and not self._gone:
@@ -134,8 +138,12 @@ class SMTPServerProtocol(Protocol):
                 self.transport.startTLS(self.factory.ctx.tls.server_options())
             elif isinstance(event, Close):
                 self._disarm()
-                self.transport.loseConnection()
                 self._gone = True
+                close_now(self.transport)
+            elif isinstance(event, CheckRecipient):
+                # a lookup in memory: answered at once, without a Deferred (it runs for every recipient)
+                assert self.engine is not None
+                queue.extend(self.engine.action_result(self._check_recipient(event.address)))
             elif isinstance(event, Action):
                 fired: list[Any] = []
                 sync = [True]
@@ -184,7 +192,8 @@ class SMTPServerProtocol(Protocol):
 
     # -- actions -----------------------------------------------------------------------------------
     def _run(self, action: Action) -> defer.Deferred:
-        """Run an action; the Deferred never errbacks (failures become a safe negative result)."""
+        """Run an action; the Deferred never errbacks (failures become a safe negative result).
+        ``CheckRecipient`` is answered in ``_handle`` without one."""
         ctx = self.factory.ctx
         if isinstance(action, Authenticate):
             d = defer.maybeDeferred(ctx.accounts.authenticate, action.username, action.password,
@@ -193,14 +202,18 @@ class SMTPServerProtocol(Protocol):
         if isinstance(action, CheckSender):
             d = defer.maybeDeferred(self._may_send_as, action.user, action.address)
             return d.addErrback(self._failed, False)
-        if isinstance(action, CheckRecipient):
-            d = defer.maybeDeferred(self._classify, action.address)
-            return d.addErrback(self._failed, RecipientCheck("error"))
         if isinstance(action, Deliver):
             info = tls_info(self.transport) if action.envelope.tls else None
             return self.factory.delivery.deliver(action.envelope, action.data,
                                                  submission=self.factory.mode != "mx", tls=info)
         return defer.succeed(None)
+
+    def _check_recipient(self, address: str) -> RecipientCheck:
+        try:
+            return self._classify(address)
+        except Exception:  # noqa: BLE001 - a failed lookup is a temporary failure (451), never a crash
+            log.failure("smtp: action failed")
+            return RecipientCheck("error")
 
     @staticmethod
     def _failed(failure: Any, value: Any) -> Any:

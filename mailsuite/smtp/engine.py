@@ -41,6 +41,11 @@ _BDAT_RE = re.compile(r"([0-9]{1,20})(?: +(LAST))? *", re.IGNORECASE)
 _NOTIFY = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
 _LOGIN_USER = "334 VXNlcm5hbWU6"   # base64("Username:"), exactly what Thunderbird expects
 _LOGIN_PASS = "334 UGFzc3dvcmQ6"   # base64("Password:")
+# Replies sent for nearly every message, made once so that their rendering is shared (Reply.to_bytes)
+_OK = Reply(250, "2.0.0", "Ok")
+_SENDER_OK = Reply(250, "2.1.0", "Ok")
+_RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
+_GO_AHEAD = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,18 @@ class EngineConfig:
     max_errors: int = 20                       # protocol errors before 421 and disconnect
     tls_available: bool = True
     postmaster_domain: str = "localhost"       # where the bare <Postmaster> recipient goes
+    # replies that only depend on the configuration, made once in __post_init__ (see _OK above)
+    greeting: Reply = field(init=False, repr=False, compare=False)
+    helo_reply: Reply = field(init=False, repr=False, compare=False)
+    closing: Reply = field(init=False, repr=False, compare=False)
+    ehlo_replies: dict[tuple[bool, bool], Reply] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        host = self.hostname
+        object.__setattr__(self, "greeting", Reply(220, None, f"{host} ESMTP mailsuite"))
+        object.__setattr__(self, "helo_reply", Reply(250, None, host))
+        object.__setattr__(self, "closing", Reply(221, "2.0.0", f"{host} closing connection"))
+        object.__setattr__(self, "ehlo_replies", {})
 
     @classmethod
     def from_settings(cls, settings: Any, *, tls_available: bool = True) -> "EngineConfig":
@@ -151,7 +168,7 @@ class SMTPServerEngine:
 
     def connection_made(self) -> list[Event]:
         """The greeting (RFC 5321 §4.2: 220, no enhanced code per RFC 2034 §3)."""
-        self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailsuite"))
+        self._send(self.config.greeting)
         return self._flush()
 
     def receive_data(self, data: bytes) -> list[Event]:
@@ -284,22 +301,29 @@ class SMTPServerEngine:
         # RFC 5321 §4.1.4: EHLO/HELO resets the transaction state like RSET
         self._reset_tx()
         self.helo, self.esmtp = name, esmtp
-        host = self.config.hostname
         if not esmtp:
-            self._send(Reply(250, None, host))
+            self._send(self.config.helo_reply)
             return
-        lines = [host, "PIPELINING"]                                   # RFC 2920
+        starttls = not self.tls_active and self.config.tls_available
+        auth = self.auth_allowed
+        cached = self.config.ehlo_replies.get((starttls, auth))
+        if cached is None:
+            cached = self.config.ehlo_replies[(starttls, auth)] = self._ehlo_reply(starttls, auth)
+        self._send(cached)
+
+    def _ehlo_reply(self, starttls: bool, auth: bool) -> Reply:
+        lines = [self.config.hostname, "PIPELINING"]                   # RFC 2920
         if self.config.max_message_size:
             lines.append(f"SIZE {self.config.max_message_size}")      # RFC 1870
         else:
             lines.append("SIZE")
         lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
-        if not self.tls_active and self.config.tls_available:
+        if starttls:
             lines.append("STARTTLS")                                   # RFC 3207: before TLS only
-        if self.auth_allowed:
+        if auth:
             lines.append("AUTH PLAIN LOGIN")                           # RFC 4954 §3; one line "AUTH "
         lines.append("HELP")
-        self._send(Reply(250, None, tuple(lines)))
+        return Reply(250, None, tuple(lines))
 
     def _cmd_mail(self, arg: str) -> None:
         if self.helo is None:
@@ -338,13 +362,13 @@ class SMTPServerEngine:
             def checked(ok: Any) -> None:
                 if ok is True:
                     self._tx = tx
-                    self._send(Reply(250, "2.1.0", "Ok"))
+                    self._send(_SENDER_OK)
                 else:
                     self._send(Reply(553, "5.7.1", "Sender address rejected: not owned by user"))
             self._start(CheckSender(self.auth_user, tx.mail_from), checked)
             return
         self._tx = tx
-        self._send(Reply(250, "2.1.0", "Ok"))
+        self._send(_SENDER_OK)
 
     def _parameters(self, rest: str) -> list[tuple[str, str | None]] | None:
         """MAIL/RCPT ESMTP parameters (RFC 5321 §4.1.2), each keyword once; None after a 501 was sent."""
@@ -464,7 +488,7 @@ class SMTPServerEngine:
             self._send(Reply(451, "4.3.0", "Temporary recipient lookup failure"), counts=False)
             return
         tx.recipients.append(Recipient(rcpt.address, status, result.data, notify, orcpt))
-        self._send(Reply(250, "2.1.5", "Ok"))
+        self._send(_RECIPIENT_OK)
 
     def _cmd_data(self, arg: str) -> None:
         tx = self._tx
@@ -480,7 +504,7 @@ class SMTPServerEngine:
             tx.body = self._new_body()
             self._line_start = True
             self._phase = _DATA
-            self._send(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+            self._send(_GO_AHEAD)
 
     def _new_body(self) -> MessageBody:
         return MessageBody(self.config.max_message_size, max(self.config.max_line_length - 2, 1))
@@ -611,13 +635,13 @@ class SMTPServerEngine:
             self._send(Reply(501, "5.5.4", "Syntax: RSET"))
             return
         self._reset_tx()
-        self._send(Reply(250, "2.0.0", "Ok"))
+        self._send(_OK)
 
     def _cmd_noop(self, arg: str) -> None:
-        self._send(Reply(250, "2.0.0", "Ok"))                        # RFC 5321 §4.1.1.9: args ignored
+        self._send(_OK)                                               # RFC 5321 §4.1.1.9: args ignored
 
     def _cmd_quit(self, arg: str) -> None:
-        self._send(Reply(221, "2.0.0", f"{self.config.hostname} closing connection"))
+        self._send(self.config.closing)
         self._close()
 
     def _cmd_help(self, arg: str) -> None:

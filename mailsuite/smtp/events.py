@@ -23,7 +23,17 @@ class Reply:
     text: str | tuple[str, ...]
 
     def to_bytes(self) -> bytes:
-        """Render as one or more CRLF lines (RFC 5321 §4.2.1 multi-line form, RFC 2034 §3 prefix)."""
+        """Render as one or more CRLF lines (RFC 5321 §4.2.1 multi-line form, RFC 2034 §3 prefix).
+
+        Rendered once per object: the engine keeps its frequent replies (``250 2.1.5 Ok``, the greeting...)
+        as shared objects, so they are never formatted again.  The cache lives in the instance ``__dict__``
+        (the dataclass is frozen, not slotted), outside the fields that equality and hashing use."""
+        cached = self.__dict__.get("_bytes")
+        if cached is None:
+            cached = self.__dict__["_bytes"] = self._render()
+        return cached
+
+    def _render(self) -> bytes:
         lines = (self.text,) if isinstance(self.text, str) else self.text
         out = []
         for index, line in enumerate(lines):
@@ -40,8 +50,11 @@ class Event:
     """Base class of everything ``receive_data`` returns."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SendReply(Event):
+    """Bytes to write (one or more rendered replies).  Not frozen: made for every reply, and a frozen
+    dataclass costs twice as much to make."""
+
     data: bytes
 
 
