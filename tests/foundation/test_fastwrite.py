@@ -1,4 +1,4 @@
-"""mailsuite.fastwrite.write_now: sends at once only when nothing can be overtaken."""
+"""mailsuite.fastwrite: write_now sends and close_now closes at once only when nothing can be overtaken."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 from twisted.internet import interfaces, protocol, tcp
 from zope.interface import implementer
 
-from mailsuite.fastwrite import write_now
+from twisted.internet import main
+
+from mailsuite.fastwrite import close_now, write_now
 
 
 @implementer(interfaces.IPushProducer)
@@ -22,6 +24,14 @@ class _Push:
 class _Pull:
     def resumeProducing(self) -> None: ...
     def stopProducing(self) -> None: ...
+
+
+class _Recorder(protocol.Protocol):
+    def __init__(self) -> None:
+        self.lost: list = []
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost.append(reason)
 
 
 @pytest.fixture
@@ -77,3 +87,25 @@ def test_a_full_socket_buffer_queues_the_rest(pair) -> None:
     write_now(conn, big)
     queued = _queued(conn)
     assert 0 < queued < len(big)              # part went straight out, the rest waits for doWrite
+
+
+def test_close_now_on_an_idle_connection_closes_at_once(pair) -> None:
+    conn, peer = pair
+    proto = _Recorder()
+    conn.protocol = proto
+    write_now(conn, b"221 bye\r\n")
+    close_now(conn)
+    assert len(proto.lost) == 1 and proto.lost[0].check(main.CONNECTION_DONE.__class__)
+    assert not conn.connected and conn.fileno() == -1
+    assert peer.recv(100) == b"221 bye\r\n" and peer.recv(100) == b""     # the reply, then EOF
+
+
+def test_close_now_with_queued_bytes_leaves_it_to_twisted(pair) -> None:
+    conn, peer = pair
+    proto = _Recorder()
+    conn.protocol = proto
+    conn.write(b"queued\r\n")                 # not sent yet: Twisted must flush it before closing
+    close_now(conn)
+    assert proto.lost == [] and conn.disconnecting and conn.connected
+    conn.doWrite()
+    assert peer.recv(100) == b"queued\r\n"
