@@ -111,8 +111,13 @@ def _protocol(env: Envelope) -> str:
     return base + ("S" if env.tls else "") + ("A" if env.auth_user else "")
 
 
+_UNSAFE_IN_COMMENT = re.compile(r"[^\x20-\x27\x2a-\x5b\x5d-\x7e]")   # not printable ASCII, or a paren or backslash
+
+
 def _clean(text: str, limit: int = 200) -> str:
     """Make client-supplied text safe inside a header comment."""
+    if _UNSAFE_IN_COMMENT.search(text) is None:
+        return text[:limit] or "unknown"            # the usual case: nothing to replace
     return "".join(c if c.isascii() and c.isprintable() and c not in "()\\" else "?"
                    for c in text)[:limit] or "unknown"
 

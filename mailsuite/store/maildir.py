@@ -79,6 +79,15 @@ def _hostname() -> str:
 
 
 _HOST = _hostname()
+_PID = os.getpid()      # a system call each time in glibc >= 2.25: cached, renewed in a forked child
+
+
+def _renew_pid() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_pid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +136,7 @@ def unique_base(size: int) -> str:
         now = max(time.time_ns() // 1000, _last_usec + 1)
         _last_usec = now
     sec, usec = divmod(now, 1_000_000)
-    return f"{sec}.M{usec:06d}P{os.getpid()}Q{next(_counter)}.{_HOST},S={size}"
+    return f"{sec}.M{usec:06d}P{_PID}Q{next(_counter)}.{_HOST},S={size}"
 
 
 def make_suffix(letters: str) -> str:
