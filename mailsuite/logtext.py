@@ -11,17 +11,25 @@ an event that fails to format) goes to Twisted's own formatter.
 :func:`install` puts a ``FileLogObserver`` with it on the application where twistd would log to standard
 output (``-n`` without ``--logfile``, or ``--logfile=-``, as in etc/systemd); with ``--logfile PATH``,
 ``--syslog`` or ``--logger`` twistd's own observer stays.
+
+:class:`Logger` is Twisted's ``Logger`` without its per-event check that the level is a ``LogLevel``
+(``LogLevel.iterconstants()`` sorts the levels on every call: a fifth of the cost of the SMTP "accepted" line).
+The protocol adapters log through it; an unknown level still goes to Twisted's check.
 """
 
 from __future__ import annotations
 
 import string
 import sys
+from time import time
 from typing import Any
 
-from twisted.logger import FileLogObserver, ILogObserver, formatEventAsClassicLogText, formatTime
+from twisted.logger import FileLogObserver, ILogObserver, LogLevel, formatEventAsClassicLogText, formatTime
+from twisted.logger import Logger as _TwistedLogger
 
-__all__ = ["format_event", "observer", "wants_stdout", "install"]
+__all__ = ["format_event", "observer", "wants_stdout", "install", "Logger"]
+
+_LEVELS = frozenset(LogLevel.iterconstants())
 
 _parser = string.Formatter()
 #: format string -> ((literal, field name or None), ...), or None where the slow path must format it
@@ -102,3 +110,15 @@ def install(application: Any) -> bool:
         return False
     set_(ILogObserver, observer())
     return True
+
+
+class Logger(_TwistedLogger):
+    """Twisted's ``Logger``; ``emit`` checks the level against a set made once (see the module docstring)."""
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        if level not in _LEVELS or "log_trace" in kwargs:
+            super().emit(level, format, **kwargs)      # Twisted's error event, or its trace bookkeeping
+            return
+        kwargs.update(log_logger=self, log_level=level, log_namespace=self.namespace, log_source=self.source,
+                      log_format=format, log_time=time())
+        self.observer(kwargs)

@@ -25,6 +25,7 @@ from . import __version__
 from .accounts import Accounts, AccountsFileError
 from .config import IMPLICIT_TLS, SERVICES, Settings
 from .context import ServerContext
+from .fastaccept import install as fast_accept
 from .fastpoll import install as fast_poll
 from .memory import limit_malloc_arenas, trim_malloc
 from .store.errors import StoreError
@@ -204,6 +205,7 @@ class MailService(service.MultiService):
                     raise StartupError(f"mailsuite: [listen] {name}: endpoint {description!r} did not bind at once")
                 if isinstance(result[0], Failure):
                     raise StartupError(_bind_hint(name, description, result[0].value))
+                fast_accept(result[0])     # a plain tcp.Port only (mailsuite/fastaccept.py)
                 self.ports.append((name, description, result[0]))
 
     def _own_data_dir(self) -> None:

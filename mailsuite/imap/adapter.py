@@ -22,12 +22,12 @@ from typing import Any, Callable, Iterator
 
 from twisted.internet import defer, interfaces, task
 from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..accounts import AUTH_FAILURE_FORMAT
 from ..fastwrite import write_now
 from ..limits import PerIPCounter, is_loopback
+from ..logtext import Logger
 from ..store.errors import MailboxNotFound
 from .backend import Mailbox, UserMail
 from .engine import (Authenticate, AuthFailed, Await, Close, EngineConfig, ImapEngine, Output, StartCompression,

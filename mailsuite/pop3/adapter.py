@@ -16,12 +16,12 @@ from typing import Any, BinaryIO, Callable
 
 from twisted.internet import defer, interfaces
 from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from ..fastwrite import write_now
 from ..limits import PerIPCounter, is_loopback
+from ..logtext import Logger
 from .dotstuff import DotStuffer
 from .engine import (Authenticate, Close, CommitDeletions, EngineConfig, Event, OpenMaildrop, Pop3Engine, Reply,
                      SendMessage, StartTLS)

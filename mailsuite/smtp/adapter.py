@@ -16,10 +16,10 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.logger import Logger
 
 from mailsuite.fastwrite import close_now, write_now
 from mailsuite.limits import PerIPCounter
+from mailsuite.logtext import Logger
 from mailsuite.tls import tls_info
 
 from .delivery import Delivery

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from twisted.internet import defer, threads
-from twisted.logger import Logger
 
+from ..logtext import Logger
 from .address import xtext_decode
 from .events import Envelope, Reply
 

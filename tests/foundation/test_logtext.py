@@ -96,3 +96,34 @@ def test_install_only_where_twistd_logs_to_stdout() -> None:
     out = io.StringIO()
     logtext.observer(out)(_event("hello {who}", who="world"))
     assert out.getvalue().endswith("[mailsuite.smtp.delivery#info] hello world\n")
+
+
+def test_logger_emits_the_event_twisted_would() -> None:
+    """logtext.Logger skips only Twisted's per-event level sort; the event it publishes is the same."""
+    from twisted.logger import Logger as TwistedLogger
+
+    ours_seen: list[dict] = []
+    theirs_seen: list[dict] = []
+    ours = logtext.Logger(namespace="mailsuite.x", observer=ours_seen.append)
+    theirs = TwistedLogger(namespace="mailsuite.x", observer=theirs_seen.append)
+    for log in (ours, theirs):
+        log.info("smtp: accepted id={id} size={size}", id="abc", size=10)
+        log.warn("plain")
+    assert len(ours_seen) == len(theirs_seen) == 2
+    for a, b in zip(ours_seen, theirs_seen):
+        assert abs(a.pop("log_time") - b.pop("log_time")) < 5
+        assert a.pop("log_logger") is ours and b.pop("log_logger") is theirs
+        assert a == b
+    assert logtext.format_event({**ours_seen[0], "log_time": 0.0}).endswith(
+        "[mailsuite.x#info] smtp: accepted id=abc size=10\n")
+
+
+def test_logger_reports_an_unknown_level_like_twisted() -> None:
+    seen: list[dict] = []
+    log = logtext.Logger(namespace="mailsuite.x", observer=seen.append)
+    log.emit("loud", "nope")                                   # type: ignore[arg-type]
+    assert len(seen) == 1 and seen[0]["log_level"] is LogLevel.critical and "log_failure" in seen[0]
+
+
+def test_logger_is_the_module_namespace() -> None:
+    assert logtext.Logger().namespace == __name__
