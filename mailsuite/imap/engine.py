@@ -40,7 +40,7 @@ from ..store.names import decode_mutf7, encode_mutf7, validate_name
 from . import fetch as fetchmod
 from .backend import DELIMITER, Mailbox, UserMail, split_flags
 from .framing import Continue, Framer, Line, RawCommand, Refused, TooLong, tag_of
-from .message import Message
+from .message import WHOLE_READ, Message
 from .mimeview import BinaryError, UnknownCharset
 from .parser import Command, FetchAtt, ParseError, parse_command
 from .response import astring, flag_list, sort_flags, string
@@ -1075,10 +1075,17 @@ class ImapEngine:
                       failures: list[tuple[str, str]]) -> Iterator[bytes]:
         sel = self.selected
         assert sel is not None
-        plan = fetchmod.header_plan(atts, cmd.uid, with_modseq)
+        plan = fetchmod.simple_plan(atts, cmd.uid, with_modseq)
         if plan is not None:
-            yield from self._fetch_header_sync(uids, plan, failures)
+            yield from self._fetch_simple(cmd, uids, atts, with_modseq, plan, failures)
             return
+        yield from self._fetch_general(cmd, uids, atts, with_modseq, failures)
+
+    def _fetch_general(self, cmd: Command, uids: list[int], atts: list[FetchAtt], with_modseq: bool,
+                       failures: list[tuple[str, str]]) -> Iterator[bytes]:
+        """Any FETCH: each message through :func:`fetch.fetch_items` (a big body streamed from its file)."""
+        sel = self.selected
+        assert sel is not None
         batch = _HeaderBatch(sel, uids)   # header blocks asked 500 at a time, only if an item needs one
         for uid in uids:
             if not sel.live(uid):
@@ -1112,10 +1119,13 @@ class ImapEngine:
             if size > 256 * 1024:
                 yield from chunks  # a big body, streamed from the file (padded if it shrinks)
 
-    def _fetch_header_sync(self, uids: list[int], plan: list, failures: list[tuple[str, str]]) -> Iterator[bytes]:
-        """FETCH of flags, sizes and header fields only (a client's header sync, see
-        :func:`fetch.header_plan`): one tight loop, the field literals from the folder's header memo
-        (computed from the cached header block on the first fetch of a message)."""
+    def _fetch_simple(self, cmd: Command, uids: list[int], atts: list[FetchAtt], with_modseq: bool, plan: list,
+                      failures: list[tuple[str, str]]) -> Iterator[bytes]:
+        """FETCH of flags, sizes, header fields and whole messages only (a client's header sync or full
+        download, see :func:`fetch.simple_plan`): one tight loop without a Message object per message; the
+        field literals from the folder's header memo (computed from the cached header block on the first
+        fetch of a message); a whole message read with one ``pread``.  A message too big to be read whole
+        (``WHOLE_READ``) goes through the general path, which streams it."""
         sel = self.selected
         assert sel is not None
         mb = sel.mailbox
@@ -1123,12 +1133,18 @@ class ImapEngine:
         memos = [mb.header_memo(key) if key is not None else None for _kind, key, _label in plan]
         steps = [(kind, key, label, memo) for (kind, key, label), memo in zip(plan, memos)]
         UID, FLAGS, SIZE, MODSEQ = fetchmod.UID_STEP, fetchmod.FLAGS_STEP, fetchmod.SIZE_STEP, fetchmod.MODSEQ_STEP
+        WHOLE = fetchmod.WHOLE_STEP
+        whole = any(kind is WHOLE for kind, *_ in plan)
+        read_range = mb.read_range
         flag_items: dict[tuple, bytes] = {}
         seq_of = sel.seq_of
         for uid in uids:
             infos = sel.infos  # a sync during the stream may replace the session's dicts
             info = infos.get(uid)
             if info is None or uid in sel.ghosts:
+                continue
+            if whole and info.size > WHOLE_READ:
+                yield from self._fetch_general(cmd, [uid], atts, with_modseq, failures)
                 continue
             out = [b"* %d FETCH (" % seq_of(uid)]
             try:
@@ -1146,6 +1162,14 @@ class ImapEngine:
                         out.append(b"%d" % info.size)
                     elif kind is MODSEQ:
                         out.append(b"(%d)" % info.modseq)
+                    elif kind is WHOLE:
+                        size = info.size
+                        out.append(b"{%d}\r\n" % size)
+                        if size:
+                            data = read_range(uid, 0, size)
+                            if len(data) < size:   # the file shrank: keep the announced length (RFC 3501 §4.3)
+                                data += b" " * (size - len(data))
+                            out.append(data)
                     else:
                         literal = memo.data.get(uid)
                         if literal is None:

@@ -137,24 +137,28 @@ def _flags(flags: list[str]) -> bytes:
     return out
 
 
-# -- the header-sync fast path -------------------------------------------------------------------------
+# -- the fast path of a client's header sync or full download ------------------------------------------
 
 _FIELDS_TEXTS = ("HEADER.FIELDS", "HEADER.FIELDS.NOT")
-#: Step kinds of :func:`header_plan`.
+#: Step kinds of :func:`simple_plan`.
 UID_STEP, FLAGS_STEP, SIZE_STEP, MODSEQ_STEP, FIELDS_STEP = _UID, _FLAGS, _SIZE, _MODSEQ, "fields"
-_HeaderStep = tuple[str, "tuple | None", bytes]
+WHOLE_STEP = _ALL
+_SimpleStep = tuple[str, "tuple | None", bytes]
 
 
-def header_plan(atts: list[FetchAtt], with_uid: bool, with_modseq: bool) -> list[_HeaderStep] | None:
-    """The steps of a FETCH made only of UID, FLAGS, RFC822.SIZE, MODSEQ and top-level
-    ``BODY[HEADER.FIELDS (...)]``/``.NOT`` without partial (a mail client's header sync), else None.
+def simple_plan(atts: list[FetchAtt], with_uid: bool, with_modseq: bool) -> list[_SimpleStep] | None:
+    """The steps of a FETCH made only of UID, FLAGS, RFC822.SIZE, MODSEQ, top-level
+    ``BODY[HEADER.FIELDS (...)]``/``.NOT`` and the whole message (``BODY[]``, ``BODY.PEEK[]``, ``RFC822``),
+    none with a partial: a mail client's header sync or full download.  Else None (the general path).
 
     A fields step carries the key of its literal in the folder's header memo: the literal depends
     only on the message's header block, so it is computed once per message and field list."""
-    out: list[_HeaderStep] = []
+    out: list[_SimpleStep] = []
     for kind, att, label in _plan(atts, with_uid, with_modseq):
         if kind is _UID or kind is _FLAGS or kind is _SIZE or kind is _MODSEQ:
             out.append((kind, None, label))
+        elif kind is _ALL and att.partial is None:
+            out.append((WHOLE_STEP, None, label))
         elif (kind is _SECTION and att.partial is None and att.section is not None and not att.section.part
               and att.section.text in _FIELDS_TEXTS):
             out.append((FIELDS_STEP, ("imap-fields", att.section.text, att.section.field_keys), label))
@@ -164,7 +168,7 @@ def header_plan(atts: list[FetchAtt], with_uid: bool, with_modseq: bool) -> list
 
 
 def fields_literal(header: bytes, key: tuple) -> bytes:
-    """The literal of a fields step (see :func:`header_plan`) for a header block."""
+    """The literal of a fields step (see :func:`simple_plan`) for a header block."""
     _name, text, keys = key
     data = mimeview.header_fields(header, keys, text == "HEADER.FIELDS.NOT")
     return b"{%d}\r\n" % len(data) + data

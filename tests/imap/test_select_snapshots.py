@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
+from pathlib import Path
 
 from mailsuite.imap import fetch as fetchmod
 from mailsuite.store import Store
@@ -97,7 +98,7 @@ def test_sessions_sharing_a_snapshot_keep_their_own_view(tmp_path):
     store.close()
 
 
-def test_header_sync_path_equals_the_general_path(tmp_path, monkeypatch):
+def test_simple_fetch_path_equals_the_general_path(tmp_path, monkeypatch):
     store = make_store(tmp_path)
     mb = store.mailbox(USER, "INBOX")
     for i in range(5):
@@ -109,10 +110,33 @@ def test_header_sync_path_equals_the_general_path(tmp_path, monkeypatch):
         "UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Subject Received)])",
         "FETCH 2:4 (FLAGS BODY.PEEK[HEADER.FIELDS.NOT (Received X-Other)] MODSEQ)",
         "UID FETCH 3,1 (BODY.PEEK[HEADER.FIELDS (Subject)] BODY.PEEK[HEADER.FIELDS (X-Other)])",
+        "UID FETCH 1:* (FLAGS BODY.PEEK[])",                                    # a full download
+        "FETCH 1:3 (RFC822.SIZE BODY.PEEK[] UID BODY.PEEK[HEADER.FIELDS (Subject)] MODSEQ)",
     ]
     fast = [s.cmd("f " + c) for c in commands]
     assert fast == [s.cmd("f " + c) for c in commands]  # the second time from the memo
-    monkeypatch.setattr(fetchmod, "header_plan", lambda *a: None)
+    monkeypatch.setattr(fetchmod, "simple_plan", lambda *a: None)
     assert fast == [s.cmd("f " + c) for c in commands]
     assert all(out.endswith(b"f OK FETCH completed\r\n") for out in fast)
     store.close()
+
+
+def test_simple_fetch_path_sets_seen_like_the_general_path(tmp_path, monkeypatch):
+    """RFC822 and BODY[] (not PEEK) set \\Seen (RFC 3501 §6.4.5) on either path: same answers, same flags."""
+    commands = ["a SELECT INBOX (CONDSTORE)", "b UID FETCH 2:4 (RFC822)", "c FETCH 1:* (FLAGS BODY[] UID)",
+                "d FETCH 1:* (FLAGS MODSEQ)"]
+
+    def run(where: Path) -> list[bytes]:
+        store = make_store(where)
+        mb = store.mailbox(USER, "INBOX")
+        for i in range(5):
+            mb.append(_msg(i), ["\\Seen"] if i == 3 else [], [])
+        s = _session(store)
+        out = [s.cmd(c) for c in commands]
+        store.close()
+        return out
+
+    fast = run(tmp_path / "fast")
+    monkeypatch.setattr(fetchmod, "simple_plan", lambda *a: None)
+    assert fast == run(tmp_path / "general")
+    assert b"\\Seen" in fast[-1] and fast[-1].count(b"\\Seen") == 5
