@@ -17,6 +17,19 @@ import re
 __all__ = ["MessageBody"]
 
 _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+#: Every byte but CR and LF: ``data.translate(None, _NOT_LINE_END)`` keeps only the line-end bytes, in order.
+_NOT_LINE_END = bytes(b for b in range(256) if b not in (0x0D, 0x0A))
+
+
+def _only_crlf(data: bytes) -> bool:
+    """True if every CR and LF in ``data`` belongs to a CRLF pair.
+
+    The line-end bytes alone must read CR LF CR LF... (one ``translate`` pass), and there must be as many
+    adjacent CRLF pairs as that makes (one ``count`` pass): two passes over the chunk instead of counting CR,
+    LF and CRLF separately (the checks of DATA are a sixth of the reactor thread in bench 1)."""
+    ends = data.translate(None, _NOT_LINE_END)
+    pairs = len(ends) >> 1
+    return ends == b"\r\n" * pairs and data.count(b"\r\n") == pairs
 
 
 def _may_hold_long_line(data: bytes, start: int, end: int, limit: int) -> bool:
@@ -62,8 +75,7 @@ class MessageBody:
             data = data[:-1]
         if not data:
             return
-        crlf = data.count(b"\r\n")
-        if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
+        if not _only_crlf(data):
             # RFC 5321 §2.3.8: bare CR / LF are not line ends; store them as CRLF (see module docstring)
             self.bare_line_ends = True
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
