@@ -24,6 +24,10 @@ from twisted.python.failure import Failure
 
 __all__ = ["write_now", "close_now"]
 
+#: The reason given to ``connectionLost`` by :func:`close_now`, made once: a ``Failure`` computes the names
+#: of its exception's classes when made, and nothing changes it afterwards.
+_DONE = Failure(CONNECTION_DONE)
+
 
 def _idle_plain_tcp(transport: Any) -> bool:
     """True when bytes sent on the socket now cannot overtake anything already queued."""
@@ -71,6 +75,6 @@ def close_now(transport: Any) -> None:
     if _idle_plain_tcp(transport):
         transport.stopReading()
         transport.stopWriting()
-        transport.connectionLost(Failure(CONNECTION_DONE))
+        transport.connectionLost(_DONE)
         return
     transport.loseConnection()
