@@ -7,6 +7,7 @@ nothing else escapes.  Nesting of parenthesised lists and search keys is limited
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import date, datetime, timedelta, timezone
@@ -184,6 +185,19 @@ class Cursor:
         if not self.at_end():
             raise self.fail("Unexpected extra arguments")
 
+    def list_items(self, opened: bool = False) -> Iterator[int]:
+        """The elements of a parenthesised list (RFC 3501 §9: ``"(" x *(SP x) ")"``): expects the ``(``
+        (unless ``opened``), yields each element's index for the caller to parse it, and takes the
+        spaces between elements and the closing ``)``.  An empty list ``()`` yields nothing."""
+        if not opened:
+            self.expect(b"(")
+        n = 0
+        while not self.accept(b")"):
+            if n:
+                self.sp()
+            yield n
+            n += 1
+
     # -- tokens
 
     def _run(self, allowed) -> bytes:
@@ -284,13 +298,7 @@ class Cursor:
         return self.atom()
 
     def flag_list(self) -> list[str]:
-        self.expect(b"(")
-        flags: list[str] = []
-        while not self.accept(b")"):
-            if flags:
-                self.sp()
-            flags.append(self.flag())
-        return flags
+        return [self.flag() for _ in self.list_items()]
 
     def seqset(self) -> SequenceSet:
         raw = self._run(lambda c: 0x30 <= c <= 0x39 or c in b":,*$")
@@ -395,12 +403,7 @@ def _select(cur: Cursor, args: dict) -> None:
     args["mailbox"] = cur.mailbox()
     args["condstore"] = False
     if cur.maybe_sp():  # RFC 4466 select-params; RFC 7162 §3.1.8 CONDSTORE
-        cur.expect(b"(")
-        first = True
-        while not cur.accept(b")"):
-            if not first:
-                cur.sp()
-            first = False
+        for _ in cur.list_items():
             p = cur.atom().upper()
             if p != "CONDSTORE":
                 raise cur.fail("Unknown SELECT parameter")
@@ -426,10 +429,7 @@ def _list(cur: Cursor, args: dict) -> None:
     extended = False
     if cur.peek() == 0x28:
         extended = True
-        cur.expect(b"(")
-        while not cur.accept(b")"):
-            if selection:
-                cur.sp()
+        for _ in cur.list_items():
             selection.append(cur.atom().upper())
         cur.sp()
     args["reference"] = cur.astring() if not cur.at_literal() and cur.peek() != 0x22 else cur.string()
@@ -437,10 +437,7 @@ def _list(cur: Cursor, args: dict) -> None:
     patterns: list[str] = []
     if cur.peek() == 0x28:
         extended = True
-        cur.expect(b"(")
-        while not cur.accept(b")"):
-            if patterns:
-                cur.sp()
+        for _ in cur.list_items():
             patterns.append(cur.list_mailbox())
         if not patterns:
             raise cur.fail("Empty pattern list")
@@ -453,10 +450,7 @@ def _list(cur: Cursor, args: dict) -> None:
         if cur.atom().upper() != "RETURN":
             raise cur.fail("Expected RETURN")
         cur.sp()
-        cur.expect(b"(")
-        while not cur.accept(b")"):
-            if returns:
-                cur.sp()
+        for _ in cur.list_items():
             opt = cur.atom().upper()
             returns.append(opt)
             if opt == "STATUS":  # RFC 5819
@@ -476,11 +470,8 @@ STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHE
 
 
 def _status_items(cur: Cursor) -> list[str]:
-    cur.expect(b"(")
     items: list[str] = []
-    while not cur.accept(b")"):
-        if items:
-            cur.sp()
+    for _ in cur.list_items():
         item = cur.atom().upper()
         if item not in STATUS_ITEMS:
             raise cur.fail("Unknown STATUS item")
@@ -556,13 +547,8 @@ def _id(cur: Cursor, args: dict) -> None:
         cur.pos += 3
         args["params"] = None
         return
-    cur.expect(b"(")
     params: dict[str, str | None] = {}
-    first = True
-    while not cur.accept(b")"):
-        if not first:
-            cur.sp()
-        first = False
+    for _ in cur.list_items():
         key = cur.string()
         cur.sp()
         params[key] = cur.nstring()
@@ -585,11 +571,8 @@ def _setquota(cur: Cursor, args: dict) -> None:
     cur.sp()
     args["root"] = cur.astring()
     cur.sp()
-    cur.expect(b"(")
     limits: list[tuple[str, int]] = []
-    while not cur.accept(b")"):
-        if limits:
-            cur.sp()
+    for _ in cur.list_items():
         res = cur.atom().upper()
         cur.sp()
         limits.append((res, cur.number(bits=63)))
@@ -602,11 +585,7 @@ def _store(cur: Cursor, args: dict) -> None:
     cur.sp()
     args["unchangedsince"] = None
     if cur.accept(b"("):
-        first = True
-        while not cur.accept(b")"):
-            if not first:
-                cur.sp()
-            first = False
+        for _ in cur.list_items(opened=True):
             mod = cur.atom().upper()
             if mod != "UNCHANGEDSINCE":
                 raise cur.fail("Unknown STORE modifier")
@@ -661,11 +640,8 @@ def _section(cur: Cursor, binary: bool) -> Section:
         word = cur.atom().upper()
         if word in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
             cur.sp()
-            cur.expect(b"(")
             names: list[str] = []
-            while not cur.accept(b")"):
-                if names:
-                    cur.sp()
+            for _ in cur.list_items():
                 names.append(cur.astring())
             if not names:
                 raise cur.fail("Empty header field list")
@@ -709,9 +685,7 @@ def _fetch(cur: Cursor, args: dict) -> None:
     cur.sp()
     atts: list[FetchAtt] = []
     if cur.accept(b"("):
-        while not cur.accept(b")"):
-            if atts:
-                cur.sp()
+        for _ in cur.list_items(opened=True):
             atts.append(_fetch_att(cur))
         if not atts:
             raise cur.fail("Empty fetch list")
@@ -726,12 +700,7 @@ def _fetch(cur: Cursor, args: dict) -> None:
     args["atts"] = atts
     args["changedsince"] = None
     if cur.maybe_sp():  # RFC 4466 fetch-modifiers; RFC 7162 §3.1.4 CHANGEDSINCE
-        cur.expect(b"(")
-        first = True
-        while not cur.accept(b")"):
-            if not first:
-                cur.sp()
-            first = False
+        for _ in cur.list_items():
             mod = cur.atom().upper()
             if mod != "CHANGEDSINCE":
                 raise cur.fail("Unknown FETCH modifier")
@@ -836,11 +805,8 @@ def _search(cur: Cursor, args: dict) -> None:
     returns: list[str] | None = None
     if cur.peek_word(7).upper() == b"RETURN ":  # RFC 4731 §3
         cur.pos += 7
-        cur.expect(b"(")
         returns = []
-        while not cur.accept(b")"):
-            if returns:
-                cur.sp()
+        for _ in cur.list_items():
             opt = cur.atom().upper()
             if opt not in ESEARCH_RETURNS:
                 raise cur.fail("Unknown RETURN option")

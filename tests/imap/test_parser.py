@@ -211,6 +211,36 @@ def test_misc_commands():
     assert parse(b"a APPEND Drafts UTF8 (~{2+}\r\nhi)\r\n").args["message"] == b"hi"
 
 
+@pytest.mark.parametrize("line, key, value", [
+    (b"a STORE 1 FLAGS ()\r\n", "flags", []),                                   # an empty flag list
+    (b'a LIST () "" *\r\n', "selection", []),
+    (b'a ID ()\r\n', "params", {}),
+    (b"a SETQUOTA \"\" ()\r\n", "limits", []),
+    (b"a SETQUOTA \"\" (STORAGE 512 MESSAGE 9)\r\n", "limits", [("STORAGE", 512), ("MESSAGE", 9)]),
+    (b"a FETCH 1 (UID FLAGS) (CHANGEDSINCE 7)\r\n", "changedsince", 7),
+    (b"a SELECT INBOX ()\r\n", "condstore", False),
+])
+def test_parenthesised_lists(line, key, value):
+    """RFC 3501 §9: ``"(" x *(SP x) ")"``; the lists that may be empty parse as empty."""
+    assert parse(line).args[key] == value
+
+
+@pytest.mark.parametrize("line", [
+    b"a STORE 1 FLAGS (\\Seen\\Draft)\r\n",             # no SP between elements
+    b"a STORE 1 FLAGS ( \\Seen)\r\n",                    # SP before the first
+    b"a STORE 1 FLAGS (\\Seen )\r\n",                    # SP before the ")"
+    b"a STORE 1 FLAGS (\\Seen\r\n",                      # no ")"
+    b"a STATUS INBOX ()\r\n",                             # STATUS needs an item (RFC 3501 §6.3.10)
+    b"a FETCH 1 ()\r\n",                                  # and FETCH an attribute
+    b'a FETCH 1 BODY[HEADER.FIELDS ()]\r\n',              # and HEADER.FIELDS a name
+    b'a LIST "" ()\r\n',                                  # and LIST-EXTENDED a pattern (RFC 5258)
+    b'a ID ("a" "b""c" "d")\r\n',
+])
+def test_parenthesised_list_errors(line):
+    with pytest.raises(ParseError):
+        parse(line)
+
+
 # -- sequence sets
 
 
