@@ -11,14 +11,14 @@ lines of the body; ``done`` tells the sender it may stop reading the file.
 
 Speed (issue 7, workload 3): the per-byte work runs at C speed and, for the usual message, at ``memchr``
 speed.  With ``crlf=True`` (the maildrop measured the file, or its ``,W=`` size says so: no bare LF) the LF
-check is skipped.  Stuffing first looks for ``.`` bytes with ``bytes.find`` (``memchr``); only when one
-starts a line, or dots are dense (prose), does it fall back to one ``bytes.replace`` over the chunk — which
-returns the chunk itself, uncopied, when nothing needs a dot.
+check is skipped; the stuffing itself is :func:`mailsuite.dotstuff.stuff_lines`, shared with the relay.
 """
 
 from __future__ import annotations
 
 import re
+
+from mailsuite.dotstuff import stuff_lines
 
 __all__ = ["DotStuffer", "TERMINATOR", "has_bare_lf", "stuff"]
 
@@ -27,10 +27,6 @@ TERMINATOR = b".\r\n"
 
 #: a bare LF; scanning for the LF first is 20x faster than the form with the lookbehind in front
 _LONE_LF = re.compile(rb"\n(?<!\r\n)")
-#: dots looked at one by one (``memchr``) before stuffing falls back to ``bytes.replace`` over the chunk,
-#: unless the dots seen so far are sparse (at most one per ``_SPARSE`` bytes on average)
-_PROBES = 8
-_SPARSE = 256
 
 
 def has_bare_lf(chunk: bytes, after_cr: bool = False) -> bool:
@@ -38,25 +34,8 @@ def has_bare_lf(chunk: bytes, after_cr: bool = False) -> bool:
     return _LONE_LF.search(chunk, 1 if after_cr and chunk[:1] == b"\n" else 0) is not None
 
 
-def stuff(data: bytes, line_start: bool) -> bytes:
-    """RFC 1939 §3 byte-stuffing of ``data``: a ``.`` after any LF (and at the start when ``line_start``)
-    gets another ``.`` in front.  Returns ``data`` itself (no copy) when nothing needs stuffing."""
-    find = data.find
-    pos = find(b".")
-    probes = 0
-    while pos >= 0:
-        if (data[pos - 1] == 10) if pos else line_start:
-            break                       # a line starts with "." here: stuff the whole chunk
-        probes += 1
-        if probes >= _PROBES and probes * _SPARSE > pos:
-            break                       # dense dots (prose): one replace costs less than probing each
-        pos = find(b".", pos + 1)
-    else:
-        return data
-    out = data.replace(b"\n.", b"\n..")
-    if line_start and data[:1] == b".":
-        out = b"." + out
-    return out
+#: RFC 1939 §3 byte-stuffing of a chunk (the shared one; see :mod:`mailsuite.dotstuff`)
+stuff = stuff_lines
 
 
 class DotStuffer:

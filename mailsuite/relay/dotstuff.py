@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from mailsuite.dotstuff import stuff_lines
+
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
@@ -34,12 +36,10 @@ class DotStuffer:
         if not chunk:
             return b""
         # RFC 5321 §2.3.8: lines end with CRLF only; normalise bare CR and bare LF.
-        out = _LINE_END.sub(b"\r\n", chunk)
-        # RFC 5321 §4.5.2: a line starting with "." is sent with one more ".".
-        out = out.replace(b"\r\n.", b"\r\n..")
-        if self._at_line_start and out.startswith(b"."):
-            out = b"." + out
-        self._at_line_start = out.endswith(b"\r\n")
+        lines = _LINE_END.sub(b"\r\n", chunk)
+        # RFC 5321 §4.5.2: a line starting with "." is sent with one more "." (every LF is now after a CR)
+        out = stuff_lines(lines, self._at_line_start)
+        self._at_line_start = lines.endswith(b"\r\n")
         return out
 
     def finish(self) -> bytes:
