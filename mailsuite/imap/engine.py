@@ -1104,16 +1104,8 @@ class ImapEngine:
                     size += len(chunk)
                     if size > 256 * 1024:
                         break
-            except BinaryError as exc:  # RFC 3516 §4.3: NO [UNKNOWN-CTE]
-                failures.append((exc.code, _safe(exc)))
-                continue
-            except (OSError, MessageNotFound):
-                failures.append(("EXPUNGEISSUED", "Some messages were expunged"))  # RFC 5530
-                continue
-            except Exception:
-                # Reported by the tagged NO; the client never sees Python internals (DESIGN §4).
-                log.failure("IMAP: FETCH of message {uid} failed", uid=uid)
-                failures.append(("SERVERBUG", "Some messages could not be fetched"))
+            except Exception as exc:  # noqa: BLE001 - reported by the tagged NO
+                failures.append(_fetch_failure(exc, uid))
                 continue
             yield b"".join(first)
             if size > 256 * 1024:
@@ -1176,12 +1168,8 @@ class ImapEngine:
                             literal = fetchmod.fields_literal(batch.get(uid), key)
                             memo.put(uid, literal)
                         out.append(literal)
-            except (OSError, MessageNotFound):
-                failures.append(("EXPUNGEISSUED", "Some messages were expunged"))  # RFC 5530
-                continue
-            except Exception:
-                log.failure("IMAP: FETCH of message {uid} failed", uid=uid)
-                failures.append(("SERVERBUG", "Some messages could not be fetched"))
+            except Exception as exc:  # noqa: BLE001 - reported by the tagged NO
+                failures.append(_fetch_failure(exc, uid))
                 continue
             out.append(b")\r\n")
             yield b"".join(out)
@@ -1310,6 +1298,18 @@ def _has_modseq(key: tuple) -> bool:
     if kind == "OR":
         return _has_modseq(key[1]) or _has_modseq(key[2])
     return False
+
+
+def _fetch_failure(exc: Exception, uid: int) -> tuple[str, str]:
+    """The response code and text of the tagged NO for a message whose FETCH failed (call it inside the
+    ``except``: an unexpected error is logged with its traceback, and the client never sees Python
+    internals, DESIGN §4)."""
+    if isinstance(exc, BinaryError):                 # RFC 3516 §4.3: NO [UNKNOWN-CTE]
+        return exc.code, _safe(exc)
+    if isinstance(exc, (OSError, MessageNotFound)):  # RFC 5530: the message went away meanwhile
+        return "EXPUNGEISSUED", "Some messages were expunged"
+    log.failure("IMAP: FETCH of message {uid} failed", uid=uid)
+    return "SERVERBUG", "Some messages could not be fetched"
 
 
 def _safe(exc: Exception) -> str:

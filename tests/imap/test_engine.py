@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -648,3 +649,32 @@ def test_append_date_keeps_the_instant_shown_in_utc(s):
     items = fetch_items(untagged(s.cmd("c FETCH 1 INTERNALDATE"), b"FETCH")[0])
     assert items[b"INTERNALDATE"] == b"14-Mar-2024 12:00:00 +0000"
     assert b"* SEARCH 1" in s.cmd("d SEARCH ON 14-Mar-2024")
+
+
+@pytest.mark.parametrize("items", [b"(FLAGS BODY.PEEK[])", b"(UID BODY.PEEK[TEXT])"])  # simple and general paths
+def test_fetch_of_a_vanished_file_says_expungeissued(s, items):
+    """A message file removed behind the index: the others are fetched, the tagged NO carries
+    [EXPUNGEISSUED] (RFC 5530 §3), nothing of Python shows."""
+    for _ in range(3):
+        append(s)
+    s.cmd("a SELECT INBOX")
+    folder = Path(s.engine.selected.mailbox.dir)
+    victim = sorted([*folder.glob("cur/*"), *folder.glob("new/*")])[1]
+    victim.unlink()
+    out = s.cmd("b FETCH 1:3 " + items.decode())
+    assert tagged(out, b"b")[1] == b"NO" and b"[EXPUNGEISSUED]" in out, out
+    assert out.count(b" FETCH (") == 2 and b"Traceback" not in out
+
+
+def test_fetch_that_fails_unexpectedly_says_serverbug(s, monkeypatch):
+    for _ in range(2):
+        append(s)
+    s.cmd("a SELECT INBOX")
+    mb = s.engine.selected.mailbox
+
+    def broken(*_args, **_kw):
+        raise RuntimeError("internal detail")
+    monkeypatch.setattr(mb, "read_range", broken)
+    out = s.cmd("b FETCH 1:2 (FLAGS BODY.PEEK[])")
+    assert tagged(out, b"b")[1] == b"NO" and b"[SERVERBUG]" in out, out
+    assert b"internal detail" not in out and b"Traceback" not in out
