@@ -120,6 +120,7 @@ class RelaySettings:
     command_timeout: float = 300.0
     data_timeout: float = 120.0
     data_end_timeout: float = 600.0
+    data_block_timeout: float = 180.0
     smarthost_verify: bool = True
     smarthost_ca_file: str = ""
     max_per_destination: int = 2
@@ -268,7 +269,7 @@ _POSITIVE = {("auth", "max_failures"), ("smtp", "max_message_size"), ("smtp", "m
              ("relay", "max_per_destination"), ("relay", "max_messages_per_connection"),
              ("relay", "max_recipients_per_transaction"), ("relay", "scan_interval"),
              ("relay", "connect_timeout"), ("relay", "command_timeout"), ("relay", "data_timeout"),
-             ("relay", "data_end_timeout")}
+             ("relay", "data_end_timeout"), ("relay", "data_block_timeout")}
 
 
 def _build_section(loc: _Located, name: str, cls: type, raw: Any) -> Any:

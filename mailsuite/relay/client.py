@@ -121,14 +121,18 @@ class ClientConfig:
     auth_user: str | None = None        # smarthost credentials (RFC 4954)
     auth_password: str | None = None
     auth_without_tls: bool = False      # allow credentials over plain text (tests, loopback only)
-    chunk_size: int = 65536             # size of the Send events carrying the message body
+    chunk_size: int = 65536             # size of the Send events carrying the message body (one data block)
 
 
 # ---------------------------------------------------------------------------------------------- events
 
 @dataclass(frozen=True)
 class Send:
+    """Bytes for the server.  ``body``: a piece of the message content after the 354, the last one ending
+    with the terminating ``.CRLF``; the adapter streams these as the network takes them (RFC 5321
+    §4.5.3.2.5: the client's timeout runs per data block) and holds any later bytes until they are out."""
     data: bytes
+    body: bool = False
 
 
 @dataclass(frozen=True)
@@ -608,8 +612,8 @@ class ClientEngine:
         for start in range(0, len(data), step):
             out = stuffer.feed(data[start:start + step])
             if out:
-                events.append(Send(out))
-        events.append(Send(stuffer.finish()))
+                events.append(Send(out, body=True))
+        events.append(Send(stuffer.finish(), body=True))
         txn.body_sent = True
         self.phase = "data-end"
         self._expect.append("data-end")

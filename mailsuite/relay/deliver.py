@@ -1,7 +1,9 @@
 """The delivery loop: Twisted connections around the client engine, per-destination reuse and limits.
 
 `SMTPClientProtocol` is the thin adapter (bytes to the engine, events to the transport, STARTTLS, the
-RFC 5321 §4.5.3.2 per-command timeouts from `[relay] command_timeout`, `data_timeout`, `data_end_timeout`).
+RFC 5321 §4.5.3.2 per-command timeouts from `[relay] command_timeout`, `data_timeout`, `data_end_timeout`,
+and the message content streamed as the network takes it, with the §4.5.3.2.5 per-block timeout
+`data_block_timeout`).
 `Deliverer` takes due jobs from the `Queue`, groups them per destination
 (the recipient domain, or the smarthost), resolves MX targets (`MXResolver`), opens at most
 `max_per_destination` connections per destination and `max_concurrency` in all, sends several messages per
@@ -23,7 +25,7 @@ from typing import Any, Callable
 
 from OpenSSL import SSL
 from twisted.internet import defer, endpoints, error, protocol, ssl as tssl
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator, IPullProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -55,15 +57,16 @@ def relay_option(settings: Any, key: str, default: Any) -> Any:
     return getattr(getattr(settings, "relay", None), key, default)
 
 
-def phase_timeouts(command: float = 300.0, data: float = 120.0, data_end: float = 600.0) -> dict[str, float]:
-    """How long to wait for the reply in each engine phase (RFC 5321 §4.5.3.2; "SHOULD be easily
-    reconfigurable"): `command` for the greeting (§4.5.3.2.1), EHLO, STARTTLS, AUTH, MAIL (§4.5.3.2.2),
-    RCPT (§4.5.3.2.3) and RSET; `data` for the 354 (§4.5.3.2.4); `data_end` for the reply to the final "."
-    (§4.5.3.2.6), which also covers handing the body to the network (§4.5.3.2.5: the body is written in
-    one go, so there is no separate per-block wait)."""
+def phase_timeouts(command: float = 300.0, data: float = 120.0, data_end: float = 600.0,
+                   data_block: float = 180.0) -> dict[str, float]:
+    """How long to wait in each engine phase (RFC 5321 §4.5.3.2; "SHOULD be easily reconfigurable"):
+    `command` for the greeting (§4.5.3.2.1), EHLO, STARTTLS, AUTH, MAIL (§4.5.3.2.2), RCPT (§4.5.3.2.3) and
+    RSET; `data` for the 354 (§4.5.3.2.4); `data_block` for the network to take each block of the message
+    content (§4.5.3.2.5: restarted per block, so a big message on a slow uplink goes through as long as
+    it moves); `data_end` for the reply to the final "." once all of it is out (§4.5.3.2.6)."""
     table = {phase: command for phase in ("greeting", "ehlo", "helo", "starttls", "tls-handshake", "auth",
                                           "ready", "mail", "rcpt", "rset")}
-    table.update({"data": data, "data-block": data_end, "data-end": data_end, "quit": min(command, 60.0)})
+    table.update({"data": data, "data-block": data_block, "data-end": data_end, "quit": min(command, 60.0)})
     return table
 
 
@@ -109,6 +112,8 @@ class SMTPClientProtocol(protocol.Protocol):
         self._result: defer.Deferred | None = None
         self._timer: Any = None
         self._lost = False
+        self._body: _BodyStream | None = None     # the message content going out (RFC 5321 §4.5.3.2.5)
+        self._held: list[bytes] = []               # bytes to send once the content is out
 
     # -- twisted side
 
@@ -127,6 +132,8 @@ class SMTPClientProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
+        self._body = None
+        self._held.clear()
         self._disarm()
         if self.engine.phase == "tls-handshake":
             self.tls_failed = True
@@ -140,11 +147,16 @@ class SMTPClientProtocol(protocol.Protocol):
 
     # -- timeouts (RFC 5321 §4.5.3.2): one per command, from when it is sent until its whole reply is in
 
+    @property
+    def _phase(self) -> str:
+        """The engine's phase, or "data-block" while the message content is still going out."""
+        return "data-block" if self._body is not None else self.engine.phase
+
     def _arm(self) -> None:
         self._disarm()
         if self._lost or self.engine.phase == "closed":
             return
-        seconds = self.timeouts.get(self.engine.phase, self.engine.timeout)
+        seconds = self.timeouts.get(self._phase, self.engine.timeout)
         self._timer = self.clock.callLater(seconds, self._timed_out)
 
     def _disarm(self) -> None:
@@ -154,16 +166,23 @@ class SMTPClientProtocol(protocol.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        phase = self.engine.phase
+        phase = self._phase
         # RFC 5321 §4.5.3.2 + §3.8: a timeout fails the session; the message in flight is retried later
         self.abort(f"timeout waiting for the server ({phase})")
 
     # -- engine events
 
     def _handle(self, events: list, rearm: bool = True) -> None:
+        body: list[bytes] = []
         for ev in events:
             if isinstance(ev, Send):
-                if not self._lost:
+                if self._lost:
+                    continue
+                if self._body is not None or (body and not ev.body):
+                    self._held.append(ev.data)      # after the content that is going out, in order
+                elif ev.body:
+                    body.append(ev.data)
+                else:
                     self.transport.write(ev.data)
             elif isinstance(ev, StartTLS):
                 self.transport.startTLS(self.tls_options)
@@ -180,9 +199,35 @@ class SMTPClientProtocol(protocol.Protocol):
                     self.ready.errback(SessionError(ev.reply, self.tls_failed))
             elif isinstance(ev, Close):
                 if not self._lost and self.transport is not None:
-                    self.transport.loseConnection()
+                    if body or self._body is not None:
+                        self._held.append(b"")      # close once the content and what follows are out
+                    else:
+                        self.transport.loseConnection()
+        if body and not self._lost:
+            self._body = _BodyStream(self, body)
+            self._arm()
+            self.transport.registerProducer(self._body, False)   # pulls the first block at once
+            return
         if rearm or self._timer is None:
             self._arm()
+
+    def _block_taken(self) -> None:
+        """The network took a block of the content: the §4.5.3.2.5 timer starts again."""
+        self._arm()
+
+    def _body_sent(self) -> None:
+        """All of the content is out: send what was held back, then wait for the reply (§4.5.3.2.6)."""
+        self._body = None
+        self.transport.unregisterProducer()
+        held, self._held = self._held, []
+        for data in held:
+            if self._lost:
+                break
+            if data:
+                self.transport.write(data)
+            else:
+                self.transport.loseConnection()
+        self._arm()
 
     # -- used by the Deliverer
 
@@ -207,7 +252,7 @@ class SMTPClientProtocol(protocol.Protocol):
     @property
     def awaiting_end_of_data(self) -> bool:
         """The whole message went out and the reply to the final "." has not come yet."""
-        return not self._lost and self.engine.phase == "data-end"
+        return not self._lost and self._body is None and self.engine.phase == "data-end"
 
     def abort(self, why: str | None = None) -> None:
         """Drop the connection now; `why` is recorded for the message in flight (else "connection lost")."""
@@ -215,6 +260,30 @@ class SMTPClientProtocol(protocol.Protocol):
             self._handle(self.engine.connection_lost(why), rearm=False)
         if not self._lost and self.transport is not None:
             self.transport.abortConnection()
+
+
+@implementer(IPullProducer)
+class _BodyStream:
+    """The message content of one transaction, handed to the transport one block each time it asks for
+    more (a pull producer: asked when its buffer has gone out), so each block restarts the per-block
+    timeout (RFC 5321 §4.5.3.2.5) and a big message is not all in Twisted's buffer at once."""
+
+    def __init__(self, owner: SMTPClientProtocol, blocks: list[bytes]) -> None:
+        self.owner = owner
+        self.blocks = deque(blocks)
+
+    def resumeProducing(self) -> None:
+        owner = self.owner
+        if owner._lost or owner._body is not self:
+            return
+        if self.blocks:
+            owner.transport.write(self.blocks.popleft())
+            owner._block_taken()
+        else:
+            owner._body_sent()
+
+    def stopProducing(self) -> None:
+        self.blocks.clear()
 
 
 @dataclass
@@ -261,7 +330,7 @@ class Deliverer:
         self.connect_timeout = float(opt("connect_timeout", 30.0))
         self.data_end_timeout = float(opt("data_end_timeout", 600.0))
         self.timeouts = phase_timeouts(float(opt("command_timeout", 300.0)), float(opt("data_timeout", 120.0)),
-                                       self.data_end_timeout)
+                                       self.data_end_timeout, float(opt("data_block_timeout", 180.0)))
         self.timeouts.update(opt("timeouts", {}) or {})         # per-phase overrides (tests)
         self.chunk_size = 65536           # size of the writes carrying a message body
         self.resolver = resolver or MXResolver(

@@ -320,6 +320,17 @@ class Connections(RelayWorld):
         self.assertTrue(m.raw.endswith(b"\r\n..\r\n...\r\nend\r\n.\r\n"))
 
     @defer.inlineCallbacks
+    def test_a_big_message_streams_block_by_block_over_starttls(self):
+        # ~3 MB in 64 KiB blocks through the TLS layer's pull-to-push producer (RFC 5321 §4.5.3.2.5)
+        self.good_behaviour.cert = self.cert
+        data = b"Subject: big\r\n\r\n" + b"".join(b".%06d " % i + b"x" * 960 + b"\r\n" for i in range(3000))
+        yield self.send(["bob@amx.test"], data=data)
+        (m,) = self.good.received
+        self.assertTrue(m.tls)
+        self.assertEqual(m.data, data)
+        self.assertEqual(m.raw, stuff(data))
+
+    @defer.inlineCallbacks
     def test_opportunistic_starttls_to_mx(self):
         self.good_behaviour.cert = self.cert
         yield self.send(["bob@amx.test"])
