@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import re
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from mailsuite.relay.dotstuff import DotStuffer
 
 __all__ = [
     "Reply", "Recipient", "OutboundMessage", "ClientConfig", "ClientEngine",
-    "Send", "StartTLS", "Ready", "RecipientResult", "MessageResult", "SessionFailed", "Close",
+    "Send", "SendBody", "StartTLS", "Ready", "RecipientResult", "MessageResult", "SessionFailed", "Close",
     "PHASE_TIMEOUTS", "xtext_encode",
 ]
 
@@ -128,11 +129,16 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class Send:
-    """Bytes for the server.  ``body``: a piece of the message content after the 354, the last one ending
-    with the terminating ``.CRLF``; the adapter streams these as the network takes them (RFC 5321
-    §4.5.3.2.5: the client's timeout runs per data block) and holds any later bytes until they are out."""
     data: bytes
-    body: bool = False
+
+
+@dataclass(frozen=True)
+class SendBody:
+    """The message content after the 354: dot-stuffed blocks of about ``chunk_size`` bytes, made as they are
+    taken, the last one ending with the terminating ``.CRLF``.  The adapter hands them to the network one at
+    a time (RFC 5321 §4.5.3.2.5: the client's timeout runs per data block) and holds any later bytes until
+    they are out; the stuffed copy of a big message never exists whole."""
+    blocks: Iterator[bytes]
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,7 @@ class Close:
     pass
 
 
-Event = Send | StartTLS | Ready | RecipientResult | MessageResult | SessionFailed | Close
+Event = Send | SendBody | StartTLS | Ready | RecipientResult | MessageResult | SessionFailed | Close
 
 
 def xtext_encode(value: str) -> str:
@@ -605,19 +611,11 @@ class ClientEngine:
 
     def _send_body(self, txn: _Transaction) -> list[Event]:
         self.phase = "data-block"
-        stuffer = DotStuffer()
-        data = txn.message.data
-        step = max(1, self.config.chunk_size)
-        events: list[Event] = []
-        for start in range(0, len(data), step):
-            out = stuffer.feed(data[start:start + step])
-            if out:
-                events.append(Send(out, body=True))
-        events.append(Send(stuffer.finish(), body=True))
+        blocks = _stuffed_blocks(txn.message.data, max(1, self.config.chunk_size))
         txn.body_sent = True
         self.phase = "data-end"
         self._expect.append("data-end")
-        return events
+        return [SendBody(blocks)]
 
     def _on_data_end(self, reply: Reply) -> list[Event]:
         txn = self._txn
@@ -649,3 +647,15 @@ class ClientEngine:
         if not forced:
             events += self._ready()
         return events
+
+
+def _stuffed_blocks(data: bytes, step: int) -> Iterator[bytes]:
+    """The DATA stream of ``data`` (RFC 5321 §4.5.2 dot-stuffing, CRLF line ends, then ``.CRLF``) in blocks
+    of about ``step`` bytes, each stuffed when it is asked for."""
+    stuffer = DotStuffer()
+    view = memoryview(data)
+    for start in range(0, len(data), step):
+        out = stuffer.feed(bytes(view[start:start + step]))
+        if out:
+            yield out
+    yield stuffer.finish()

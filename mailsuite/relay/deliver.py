@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from OpenSSL import SSL
@@ -31,7 +32,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsuite.relay.client import (
-    ClientConfig, ClientEngine, Close, MessageResult, OutboundMessage, Ready, Reply, Send, SessionFailed, StartTLS,
+    ClientConfig, ClientEngine, Close, MessageResult, OutboundMessage, Ready, Reply, Send, SendBody, SessionFailed,
+    StartTLS,
 )
 from mailsuite.relay.dns import MXResolver, RouteError, Target
 from mailsuite.relay.queue import Job, Queue
@@ -173,17 +175,22 @@ class SMTPClientProtocol(protocol.Protocol):
     # -- engine events
 
     def _handle(self, events: list, rearm: bool = True) -> None:
-        body: list[bytes] = []
+        body: Iterator[bytes] | None = None
         for ev in events:
             if isinstance(ev, Send):
                 if self._lost:
                     continue
-                if self._body is not None or (body and not ev.body):
+                if self._body is not None or body is not None:
                     self._held.append(ev.data)      # after the content that is going out, in order
-                elif ev.body:
-                    body.append(ev.data)
                 else:
                     self.transport.write(ev.data)
+            elif isinstance(ev, SendBody):
+                if self._lost:
+                    continue
+                if self._body is not None or body is not None:
+                    self._held.extend(ev.blocks)    # never: the engine waits for the end of a body
+                else:
+                    body = ev.blocks
             elif isinstance(ev, StartTLS):
                 self.transport.startTLS(self.tls_options)
             elif isinstance(ev, Ready):
@@ -199,11 +206,11 @@ class SMTPClientProtocol(protocol.Protocol):
                     self.ready.errback(SessionError(ev.reply, self.tls_failed))
             elif isinstance(ev, Close):
                 if not self._lost and self.transport is not None:
-                    if body or self._body is not None:
+                    if body is not None or self._body is not None:
                         self._held.append(b"")      # close once the content and what follows are out
                     else:
                         self.transport.loseConnection()
-        if body and not self._lost:
+        if body is not None and not self._lost:
             self._body = _BodyStream(self, body)
             self._arm()
             self.transport.registerProducer(self._body, False)   # pulls the first block at once
@@ -268,22 +275,23 @@ class _BodyStream:
     more (a pull producer: asked when its buffer has gone out), so each block restarts the per-block
     timeout (RFC 5321 §4.5.3.2.5) and a big message is not all in Twisted's buffer at once."""
 
-    def __init__(self, owner: SMTPClientProtocol, blocks: list[bytes]) -> None:
+    def __init__(self, owner: SMTPClientProtocol, blocks: Iterator[bytes]) -> None:
         self.owner = owner
-        self.blocks = deque(blocks)
+        self.blocks = blocks
 
     def resumeProducing(self) -> None:
         owner = self.owner
         if owner._lost or owner._body is not self:
             return
-        if self.blocks:
-            owner.transport.write(self.blocks.popleft())
+        block = next(self.blocks, None)
+        if block is not None:
+            owner.transport.write(block)
             owner._block_taken()
         else:
             owner._body_sent()
 
     def stopProducing(self) -> None:
-        self.blocks.clear()
+        self.blocks = iter(())
 
 
 @dataclass

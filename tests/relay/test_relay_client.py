@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from mailsuite.relay.client import (
     ClientConfig, ClientEngine, Close, MessageResult, OutboundMessage, Ready, Recipient, RecipientResult,
-    Reply, Send, SessionFailed, StartTLS, xtext_encode,
+    Reply, Send, SendBody, SessionFailed, StartTLS, xtext_encode,
 )
 
 EHLO_FULL = (b"250-mx.example.net hello\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n"
@@ -17,7 +17,14 @@ EHLO_FULL = (b"250-mx.example.net hello\r\n250-PIPELINING\r\n250-SIZE 1000\r\n25
 
 
 def sent(events) -> bytes:
-    return b"".join(e.data for e in events if isinstance(e, Send))
+    """The bytes the events send, in order (a SendBody's blocks are made as they are taken, once)."""
+    out = []
+    for e in events:
+        if isinstance(e, Send):
+            out.append(e.data)
+        elif isinstance(e, SendBody):
+            out.extend(e.blocks)
+    return b"".join(out)
 
 
 def of(events, kind):
@@ -327,7 +334,7 @@ def test_any_split_of_server_replies_gives_same_output(cuts):
                 out.append(ev)
                 if isinstance(ev, Ready) and e.phase == "ready" and not of(out, MessageResult):
                     out += e.send_message(msg("b@x.net"))
-        return [x for x in out if not isinstance(x, Send)], sent(out)
+        return [x for x in out if not isinstance(x, (Send, SendBody))], sent(out)
 
     points = sorted(set(c for c in cuts if c < len(stream)))
     pieces, last = [], 0
@@ -356,3 +363,17 @@ def test_random_replies_during_a_transaction_never_crash(replies, pipelining, rc
     assert len(results) == 1
     assert [r.address for r, _ in results[0].outcomes] == [f"r{i}@x.net" for i in range(rcpts)]
     assert len(of(events, SessionFailed)) <= 1
+
+
+def test_body_blocks_are_stuffed_as_they_are_taken():
+    """RFC 5321 §4.5.2 stuffing per block of about chunk_size bytes, made only when the adapter takes a block,
+    so the stuffed copy of a big message is never whole in memory."""
+    data = b"Subject: t\r\n\r\n" + b".x\r\n" * 200          # under the server's SIZE 1000
+    e = ready_engine(chunk_size=100)
+    e.send_message(msg("b@x.net", data=data))
+    (body,) = of(e.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n"), SendBody)
+    first = next(body.blocks)
+    assert 100 <= len(first) <= 200 and first.startswith(b"Subject: t\r\n\r\n..x\r\n")
+    rest = list(body.blocks)
+    assert len(rest) >= 8 and all(len(b) <= 200 for b in rest) and rest[-1] == b".\r\n"   # the terminator
+    assert first + b"".join(rest) == data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
