@@ -175,22 +175,25 @@ class SMTPClientProtocol(protocol.Protocol):
     # -- engine events
 
     def _handle(self, events: list, rearm: bool = True) -> None:
-        body: Iterator[bytes] | None = None
         for ev in events:
             if isinstance(ev, Send):
                 if self._lost:
                     continue
-                if self._body is not None or body is not None:
+                if self._body is not None:
                     self._held.append(ev.data)      # after the content that is going out, in order
                 else:
                     self.transport.write(ev.data)
             elif isinstance(ev, SendBody):
                 if self._lost:
                     continue
-                if self._body is not None or body is not None:
+                if self._body is not None:
                     self._held.extend(ev.blocks)    # never: the engine waits for the end of a body
                 else:
-                    body = ev.blocks
+                    # started here, not after the loop: a callback below (a MessageResult whose
+                    # Deferred sends the next message) must find the content going out and queue behind it
+                    self._body = _BodyStream(self, ev.blocks)
+                    self._arm()
+                    self.transport.registerProducer(self._body, False)   # pulls the first block at once
             elif isinstance(ev, StartTLS):
                 self.transport.startTLS(self.tls_options)
             elif isinstance(ev, Ready):
@@ -206,15 +209,10 @@ class SMTPClientProtocol(protocol.Protocol):
                     self.ready.errback(SessionError(ev.reply, self.tls_failed))
             elif isinstance(ev, Close):
                 if not self._lost and self.transport is not None:
-                    if body is not None or self._body is not None:
+                    if self._body is not None:
                         self._held.append(b"")      # close once the content and what follows are out
                     else:
                         self.transport.loseConnection()
-        if body is not None and not self._lost:
-            self._body = _BodyStream(self, body)
-            self._arm()
-            self.transport.registerProducer(self._body, False)   # pulls the first block at once
-            return
         if rearm or self._timer is None:
             self._arm()
 

@@ -95,3 +95,30 @@ def test_connection_lost_while_sending_stops_the_stream():
     assert transport.value() == sent
     (result,) = results
     assert result.reply.code == 421
+
+
+def test_a_next_message_sent_from_a_callback_goes_after_the_content():
+    """A server that answers the end of data in the same read as its 354 (before any content arrived) ends
+    the transaction at once; the next message, sent from that result's callback, queues behind the content
+    instead of cutting into it."""
+    engine = ClientEngine(ClientConfig("me.here.org", starttls="off", chunk_size=BLOCK))
+    clock = Clock()
+    proto = SMTPClientProtocol(engine, clock, None, phase_timeouts())
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"220 mx.example.net ESMTP\r\n" + EHLO)
+    second = OutboundMessage("a@here.org", (Recipient("c@there.net"),), b"Subject: 2\r\n\r\nsecond\r\n")
+    results: list[MessageResult] = []
+
+    def next_message(result: MessageResult) -> None:
+        results.append(result)
+        proto.send(second).addCallback(results.append)
+    proto.send(OutboundMessage("a@here.org", (Recipient("b@there.net"),), BODY)).addCallback(next_message)
+    proto.dataReceived(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go on\r\n250 2.0.0 early\r\n")
+    assert [r.reply.code for r in results] == [250]
+    while transport.producer is not None:
+        transport.producer.resumeProducing()
+    out = transport.value()
+    body_at = out.index(stuff(BODY))
+    assert out.index(b"MAIL FROM:") < body_at                          # the first message's envelope
+    assert b"MAIL FROM:" in out[body_at:] and out.endswith(b"RCPT TO:<c@there.net>\r\nDATA\r\n")
